@@ -1,0 +1,382 @@
+"""The relational model: one school's people, content, access paths and batches.
+
+Every table that holds something of a school carries `school_id` (directly or
+through its learner) so that every query can be scoped to one tenant. Statuses
+are stored as short strings with CHECK constraints: readable in ops queries and
+portable between PostgreSQL and the embedded SQLite mode.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class LearnerStatus(enum.StrEnum):
+    INVITED = "invited"
+    ACTIVE = "active"
+    DEACTIVATED = "deactivated"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+class BatchStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class ItemOutcome(enum.StrEnum):
+    PENDING = "pending"
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def _one_of(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(server_default=text("CURRENT_TIMESTAMP"))
+
+
+def _school_fk() -> Mapped[int]:
+    return mapped_column(BigId, ForeignKey("schools.id", ondelete="CASCADE"))
+
+
+def _learner_fk() -> Mapped[int]:
+    return mapped_column(BigId, ForeignKey("learners.id", ondelete="CASCADE"))
+
+
+class School(Base):
+    __tablename__ = "schools"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class Learner(Base):
+    """A person of one school. After finalize deletion only a tombstone is left:
+    the id (pseudonymous once the PII is gone), the school, and the status."""
+
+    __tablename__ = "learners"
+    __table_args__ = (
+        UniqueConstraint("school_id", "email", name="uq_learners_school_email"),
+        Index("ix_learners_school_status_id", "school_id", "status", "id"),
+        Index("ix_learners_deletion_due", "deletion_due_at"),
+        CheckConstraint(_one_of("status", LearnerStatus), name="status"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    email: Mapped[str | None] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=LearnerStatus.INVITED)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    activated_at: Mapped[datetime | None]
+    deactivated_at: Mapped[datetime | None]
+    deletion_due_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class Course(Base):
+    __tablename__ = "courses"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    title: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class LearningPath(Base):
+    __tablename__ = "learning_paths"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    title: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class GroupCourse(Base):
+    """A course that membership in the group grants."""
+
+    __tablename__ = "group_courses"
+    group_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    course_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("courses.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class GroupLearningPath(Base):
+    """A learning path that membership in the group grants."""
+
+    __tablename__ = "group_learning_paths"
+    group_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    learning_path_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learning_paths.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class GroupMembership(Base):
+    __tablename__ = "group_memberships"
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = _now()
+
+
+class CourseEnrollment(Base):
+    __tablename__ = "course_enrollments"
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), primary_key=True
+    )
+    course_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("courses.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = _now()
+
+
+class LearningPathEnrollment(Base):
+    __tablename__ = "learning_path_enrollments"
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), primary_key=True
+    )
+    learning_path_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learning_paths.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = _now()
+
+
+class LearnerSettings(Base):
+    __tablename__ = "learner_settings"
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), primary_key=True
+    )
+    locale: Mapped[str] = mapped_column(String(16), default="en")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    preferences: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = _now()
+
+
+class CourseProgress(Base):
+    """Analytics: how far a learner is in a course."""
+
+    __tablename__ = "course_progress"
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), primary_key=True
+    )
+    course_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("courses.id", ondelete="CASCADE"), primary_key=True
+    )
+    percent_complete: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = _now()
+
+
+class ActivityEvent(Base):
+    """Analytics: one thing a learner did."""
+
+    __tablename__ = "activity_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), index=True
+    )
+    course_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("courses.id", ondelete="SET NULL")
+    )
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    occurred_at: Mapped[datetime] = _now()
+
+
+class SharedLink(Base):
+    """A link that opens one course or learning path for one learner without a
+    password, e.g. from an SSO portal. It is a way in, so it dies with access."""
+
+    __tablename__ = "shared_links"
+    __table_args__ = (
+        CheckConstraint("(course_id IS NULL) <> (learning_path_id IS NULL)", name="one_target"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), index=True
+    )
+    course_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("courses.id", ondelete="CASCADE")
+    )
+    learning_path_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("learning_paths.id", ondelete="CASCADE")
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    via_sso: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None]
+
+
+class LearnerSession(Base):
+    """A signed-in browser session."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime]
+
+
+class Invitation(Base):
+    """Outbox row: one invitation email to send. At most one per learner per batch,
+    which is what makes a redelivered message unable to send a second one."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "learner_id", name="uq_invitations_batch_learner"),
+        Index("ix_invitations_unsent", "sent_at", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    learner_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="CASCADE"), index=True
+    )
+    batch_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("batches.id", ondelete="SET NULL")
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _now()
+    sending_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP API. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    learner_id: Mapped[int] = _learner_fk()
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(100), default="")
+    scopes: Mapped[str] = mapped_column(String(200), default="batches:write")
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None]
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("school_id", "idempotency_key", name="uq_batches_school_idem"),
+        Index("ix_batches_school_id", "school_id", "id"),
+        Index("ix_batches_status", "status"),
+        CheckConstraint(_one_of("status", BatchStatus), name="status"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    actor_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("learners.id", ondelete="SET NULL")
+    )
+    action: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    selection: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PENDING)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class BatchItem(Base):
+    """One selected learner of one batch, frozen at submit time; its outcome is
+    written in the same transaction as the change it describes."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        Index("ix_batch_items_batch_outcome", "batch_id", "outcome", "learner_id"),
+        CheckConstraint(_one_of("outcome", ItemOutcome), name="outcome"),
+    )
+    batch_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    learner_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), default=ItemOutcome.PENDING)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    published_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Who did what to which learner. Learners appear by id only, so the trail
+    stays pseudonymous once a deleted learner's PII is purged."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_school_learner", "school_id", "learner_id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    learner_id: Mapped[int | None] = mapped_column(BigInteger)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = _now()

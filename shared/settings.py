@@ -1,0 +1,44 @@
+"""All configuration, read once from the environment (or a `.env` file).
+
+One class so that every process (producer, worker, reconciler, CLI) agrees on
+the same names; they are part of the contract in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Embedded mode: a SQLite file in the working directory.
+    database_url: str = "sqlite:///batch_actions.db"
+    # Empty means Dramatiq's in-process broker (embedded mode).
+    broker_url: str = ""
+    # Empty means no Redis: progress and rate limits fall back to the database.
+    redis_url: str = ""
+    # Empty means invitations are appended to a local mailbox file.
+    smtp_url: str = ""
+    mailbox_path: str = "mailbox.txt"
+    signing_key: str = ""
+    dispatch_window: int = Field(default=2000, ge=1)
+    deletion_grace_seconds: int = Field(default=60, ge=0)
+    metrics_port: int = Field(default=9191, ge=0, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg3(cls, url: str) -> str:
+        # Plain postgresql:// would make SQLAlchemy look for psycopg2, which we do not ship.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

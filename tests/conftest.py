@@ -1,0 +1,81 @@
+"""Test fixtures. Tests run against the real local PostgreSQL, RabbitMQ and Redis.
+
+Each test run gets its own PostgreSQL database, migrated with Alembic. Tests do
+not truncate: each builds its own school, and every query is school-scoped,
+which is also what the product promises.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1/postgres"
+)
+
+
+def _create_database(name: str) -> str:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(name: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database migrated to head, also exported as DATABASE_URL
+    so that subprocesses (workers, producer) started by tests use it."""
+    from shared.migrate import upgrade
+    from shared.settings import get_settings
+
+    name = f"batch_actions_test_{uuid.uuid4().hex[:8]}"
+    url = _create_database(name)
+    upgrade(url)
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    yield url
+    _drop_database(name)
+
+
+@pytest.fixture
+def session(database_url: str) -> Iterator[Session]:
+    """A session in a transaction that commits at the end of the test."""
+    from shared.db import get_sessionmaker
+
+    with get_sessionmaker(database_url)() as session:
+        yield session
+        session.commit()
+
+
+@pytest.fixture
+def school(session: Session):
+    """A small seeded school: 40 learners, 3 groups, 6 courses."""
+    from shared.seed import seed_school
+
+    seeded = seed_school(session, learners=40, groups=3, courses=6, name="Test School")
+    session.commit()
+    return seeded
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database, dropped after the test."""
+    name = f"batch_actions_empty_{uuid.uuid4().hex[:8]}"
+    yield _create_database(name)
+    _drop_database(name)
