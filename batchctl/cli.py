@@ -1,15 +1,49 @@
-"""`batchctl`: one command line for every role (serve, worker, reconcile, seed...)."""
+"""`batchctl`: one command line for every role: serve, worker, reconcile,
+submit and watch batches, seed, migrate, and the embedded demo."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+import threading
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from batchctl.watch import print_counts, watch_batch
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
+
+ApiUrl = typer.Option(
+    "http://127.0.0.1:8000", "--url", envvar="BATCH_API_URL", help="Producer base URL."
+)
+ApiToken = typer.Option(..., "--token", envvar="BATCH_API_TOKEN", help="Admin API token.")
+ACTIONS = "resend_invitation|add_to_group|add_to_course|deactivate_learner|delete_learner"
+
+
+def _ids(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: ids are whole numbers separated by commas") from None
+
+
+def _client(url: str, token: str):
+    from producer.client import BatchClient
+
+    return BatchClient(url, token)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -35,41 +69,218 @@ def seed(
     started = time.perf_counter()
     with session_scope() as session:
         seeded = seed_school(session, learners=learners, groups=groups, courses=courses)
-    if as_json:
-        typer.echo(json.dumps(seeded.as_dict()))
-        return
-    console.print(
-        f"seeded school {seeded.school_id} with {learners:,} learners "
-        f"in {time.perf_counter() - started:.1f}s; admin {seeded.admin_id}"
-    )
+    if not as_json:
+        console.print(
+            f"seeded school {seeded.school_id} with {learners:,} learners "
+            f"in {time.perf_counter() - started:.1f}s; admin {seeded.admin_id}"
+        )
     typer.echo(json.dumps(seeded.as_dict()))
 
 
 @app.command()
-def demo(learners: int = typer.Option(500, min=10, help="Learners in the demo school.")) -> None:
-    """Seed a school in the embedded SQLite database and apply an action to everyone."""
-    from rich.table import Table
+def token(
+    school_id: int = typer.Option(..., help="The admin's school."),
+    learner_id: int = typer.Option(..., help="The admin's learner id."),
+    label: str = typer.Option("", help="A note to recognise the token by."),
+) -> None:
+    """Issue an API token for an admin; it is printed once and stored hashed."""
     from sqlalchemy import select
 
-    from shared.actions import Actor, add_to_group
     from shared.db import session_scope
-    from shared.migrate import upgrade
-    from shared.models import Group, Learner
-    from shared.seed import seed_school
+    from shared.models import Learner
+    from shared.tokens import issue_token
 
-    upgrade()
     with session_scope() as session:
-        seeded = seed_school(session, learners=learners, name="Demo School")
-        actor = Actor(seeded.school_id, seeded.admin_id)
-        group_id = session.scalar(select(Group.id).where(Group.school_id == seeded.school_id))
-        ids = session.scalars(select(Learner.id).where(Learner.school_id == seeded.school_id))
-        outcomes: dict[str, int] = {}
-        for learner_id in ids:
-            label = add_to_group(session, actor, learner_id, [group_id]).label
-            outcomes[label] = outcomes.get(label, 0) + 1
-    table = Table(title=f"add_to_group on school {seeded.school_id}")
-    table.add_column("outcome")
-    table.add_column("learners", justify="right")
-    for label, n in sorted(outcomes.items()):
-        table.add_row(label, f"{n:,}")
-    Console().print(table)
+        admin = session.scalar(
+            select(Learner).where(Learner.id == learner_id, Learner.school_id == school_id)
+        )
+        if admin is None or not admin.is_admin:
+            _fail(ValueError(f"learner {learner_id} is not an admin of school {school_id}"))
+        typer.echo(issue_token(session, school_id, learner_id, label=label))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+) -> None:
+    """Run the producer (HTTP API and dispatch loop)."""
+    import uvicorn
+
+    from producer.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(
+    processes: int = typer.Option(2, min=1, help="Worker processes."),
+    threads: int = typer.Option(8, min=1, help="Threads per process."),
+    queues: list[str] = typer.Option(None, "--queues", help="Only these queues (repeatable)."),
+) -> None:
+    """Run Dramatiq workers for the batch actions (all queues by default)."""
+    from shared.contract import QUEUES
+
+    unknown = set(queues or []) - set(QUEUES)
+    if unknown:
+        raise typer.BadParameter(f"unknown queues {sorted(unknown)}; known: {QUEUES}")
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.actors",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        # Let a worker finish its current learner on SIGTERM.
+        "--worker-shutdown-timeout",
+        "60000",
+    ]
+    if queues:
+        argv += ["--queues", *queues]
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -> None:
+    """Republish stuck items, finalize overdue deletions, complete batches."""
+    from shared.broker import get_broker
+    from shared.db import get_sessionmaker
+    from shared.publish import publisher_for
+    from shared.settings import get_settings
+    from workers import reconcile as reconciler
+    from workers.mail import InvitationSender
+
+    settings = get_settings()
+    sessions = get_sessionmaker()
+    publisher = publisher_for(get_broker())
+    sender = InvitationSender(sessions, settings)
+    if once:
+        console.print(reconciler.reconcile_once(sessions, publisher, settings, sender))
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    console.print(f"reconciling every {settings.reconcile_interval_seconds}s")
+    reconciler.run(sessions, publisher, settings, sender, stop)
+
+
+@app.command()
+def submit(
+    action: str = typer.Argument(..., help=ACTIONS),
+    learner_ids: str = typer.Option(None, help="Comma-separated learner ids."),
+    ids_file: Path = typer.Option(None, help="A file of learner ids, one per line."),
+    status: list[str] = typer.Option(None, help="Filter: invited, active, deactivated."),
+    group_id: int = typer.Option(None, help="Filter: members of this group."),
+    q: str = typer.Option(None, help="Filter: part of an email or name."),
+    exclude_ids: str = typer.Option(None, help="With a filter: ids to leave out."),
+    all_not_activated: bool = typer.Option(False, help="Every learner not yet activated."),
+    group_ids: str = typer.Option(None, help="add_to_group: the groups."),
+    course_ids: str = typer.Option(None, help="add_to_course: the courses."),
+    dry_run: bool = typer.Option(False, help="Only count what would happen."),
+    watch: bool = typer.Option(False, help="Follow progress until the batch ends."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Submit a batch action."""
+    from producer.client import ApiError
+
+    ids = _ids(learner_ids) + (_ids(ids_file.read_text()) if ids_file else [])
+    if ids:
+        selection: dict = {"learner_ids": ids}
+    elif all_not_activated:
+        selection = {"all_not_activated": True}
+    else:
+        people = {"status": status or None, "group_id": group_id, "q": q}
+        people = {k: v for k, v in people.items() if v is not None}
+        if not people:
+            raise typer.BadParameter(
+                "select learners: --learner-ids, --ids-file, a filter "
+                "(--status/--group-id/--q) or --all-not-activated"
+            )
+        selection = {"filter": people, "exclude_ids": _ids(exclude_ids)}
+    params = {}
+    if group_ids:
+        params["group_ids"] = _ids(group_ids)
+    if course_ids:
+        params["course_ids"] = _ids(course_ids)
+    with _client(url, api_token) as client:
+        try:
+            view = client.submit(action, selection, params, dry_run=dry_run)
+        except ApiError as exc:
+            _fail(exc)
+        if dry_run:
+            print_counts(console, view, title=f"dry run: {action} on {view['total']:,} learners")
+            return
+        console.print(f"batch [bold]{view['id']}[/] {action}: {view['total']:,} learners")
+        typer.echo(json.dumps({"id": view["id"], "status": view["status"]}))
+        if watch:
+            watch_batch(console, client, view["id"])
+
+
+@app.command()
+def status(
+    batch_id: int = typer.Argument(...),
+    watch: bool = typer.Option(False, "--watch", help="Live progress bar until it ends."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Show a batch: counts, percent, rate and ETA."""
+    from producer.client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            if watch:
+                view = watch_batch(console, client, batch_id)
+            else:
+                view = client.batch(batch_id)
+                print_counts(console, view, title=f"batch {batch_id}: {view['status']}")
+        except ApiError as exc:
+            _fail(exc)
+        typer.echo(json.dumps(view, default=str))
+
+
+@app.command()
+def items(
+    batch_id: int = typer.Argument(...),
+    outcome: str = typer.Option(None, help="pending, applied, skipped, failed, cancelled."),
+    reason: str = typer.Option(None, help="A reason code, e.g. self or not_found."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """List a batch's per-learner results as JSON lines."""
+    from producer.client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            for item in client.items(batch_id, outcome=outcome, reason=reason):
+                typer.echo(json.dumps(item))
+        except ApiError as exc:
+            _fail(exc)
+
+
+@app.command()
+def cancel(batch_id: int = typer.Argument(...), url: str = ApiUrl, api_token: str = ApiToken):
+    """Cancel a batch: no new learner starts; what was applied stays applied."""
+    from producer.client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            view = client.cancel(batch_id)
+        except ApiError as exc:
+            _fail(exc)
+        console.print(f"batch {batch_id} is {view['status']}")
+
+
+@app.command()
+def demo(
+    learners: int = typer.Option(2000, min=10, help="Learners in the demo school."),
+) -> None:
+    """Seed a school and run every action through the producer and workers.
+
+    With no services configured it runs embedded: SQLite, Dramatiq's
+    in-process broker and worker, emails to a local mailbox file."""
+    from batchctl.demo import run_demo
+
+    run_demo(console, learners)

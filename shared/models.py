@@ -337,6 +337,10 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PENDING)
     total: Mapped[int] = mapped_column(Integer, default=0)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Dispatch keyset: every pending item with learner_id <= dispatch_cursor has
+    # been published; the window is the count of those still pending.
+    dispatch_cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    dispatched_at: Mapped[datetime | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _now()

@@ -24,9 +24,17 @@ class Settings(BaseSettings):
     # Empty means invitations are appended to a local mailbox file.
     smtp_url: str = ""
     mailbox_path: str = "mailbox.txt"
+    # Invitation emails per second, shared by every worker through Redis.
+    smtp_rate_per_second: int = Field(default=50, ge=1)
+    smtp_from: str = "no-reply@batch-actions.invalid"
     signing_key: str = ""
     dispatch_window: int = Field(default=2000, ge=1)
     deletion_grace_seconds: int = Field(default=60, ge=0)
+    # Reconciler: how often it runs, when in-flight items count as lost, and
+    # how late a purge may be before the reconciler does it itself.
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    stale_after_seconds: int = Field(default=120, ge=1)
+    deletion_overdue_seconds: int = Field(default=300, ge=0)
     metrics_port: int = Field(default=9191, ge=0, le=65535)
 
     @field_validator("database_url")

@@ -79,3 +79,60 @@ def fresh_pg_url() -> Iterator[str]:
     name = f"batch_actions_empty_{uuid.uuid4().hex[:8]}"
     yield _create_database(name)
     _drop_database(name)
+
+
+# End-to-end: real RabbitMQ, Redis, SMTP, producer and worker processes.
+
+
+class Stack:
+    """The producer and workers running as in production, on their own vhost."""
+
+    def __init__(self, env: dict, base_url: str, vhost, smtp, producer, worker) -> None:
+        self.env, self.base_url, self.vhost, self.smtp = env, base_url, vhost, smtp
+        self.producer, self.worker = producer, worker
+
+    def client(self, token: str):
+        from producer.client import BatchClient
+
+        return BatchClient(self.base_url, token)
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
+    from tests.services import (
+        Process,
+        RabbitVhost,
+        SmtpServer,
+        free_port,
+        fresh_redis_url,
+        wait_for_consumers,
+        wait_http,
+    )
+
+    logs = tmp_path_factory.mktemp("stack-logs")
+    vhost = RabbitVhost()
+    smtp = SmtpServer()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "BROKER_URL": vhost.url,
+        "REDIS_URL": fresh_redis_url(),
+        "SMTP_URL": smtp.url,
+        "DISPATCH_WINDOW": "200",
+        "DELETION_GRACE_SECONDS": "1",
+        "SMTP_RATE_PER_SECOND": "500",
+        "METRICS_PORT": str(free_port()),
+    }
+    producer = Process(["serve", "--port", str(port)], env, logs / "producer.log")
+    worker = Process(["worker", "--processes", "1", "--threads", "8"], env, logs / "worker.log")
+    running = Stack(env, f"http://127.0.0.1:{port}", vhost, smtp, producer, worker)
+    try:
+        wait_http(f"{running.base_url}/healthz", producer)
+        wait_for_consumers(vhost, "add_to_group", worker)
+        yield running
+    finally:
+        producer.stop()
+        worker.stop()
+        smtp.stop()
+        vhost.delete()

@@ -1,0 +1,128 @@
+"""`batchctl demo`: every action, end to end, through the real producer and
+worker code. Embedded by default (SQLite, in-process broker and worker,
+emails to a mailbox file); against real services when the settings name them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from batchctl.watch import watch_batch
+
+GRACE_SECONDS = "2"
+
+
+def _embedded() -> bool:
+    return not os.environ.get("BROKER_URL")
+
+
+def run_demo(console: Console, learners: int) -> None:
+    os.environ.setdefault("DELETION_GRACE_SECONDS", GRACE_SECONDS)
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+
+    import dramatiq
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func, select
+
+    from producer.app import create_app
+    from producer.client import BatchClient
+    from shared.broker import get_broker
+    from shared.db import session_scope
+    from shared.migrate import upgrade
+    from shared.models import Course, Group, Learner
+
+    where = "embedded (SQLite, in-process broker)" if _embedded() else "configured services"
+    console.rule(f"Batch Actions demo: {where}")
+    upgrade()
+    from shared.seed import seed_school
+
+    with session_scope() as session:
+        seeded = seed_school(session, learners=learners, name="Demo School")
+        groups = session.scalars(select(Group.id).where(Group.school_id == seeded.school_id))
+        group_ids = list(groups)[:2]
+        courses = session.scalars(select(Course.id).where(Course.school_id == seeded.school_id))
+        course_ids = list(courses)[:2]
+    console.print(
+        f"seeded school {seeded.school_id}: {learners:,} learners, admin {seeded.admin_id}"
+    )
+
+    broker = get_broker()
+    import workers.actors  # noqa: F401  (registers the actors on the broker)
+
+    worker = dramatiq.Worker(broker, worker_threads=2 if _embedded() else 8)
+    worker.start()
+    summary = Table(title="Demo summary")
+    summary.add_column("batch: action on selection")
+    for column in ("learners", "applied", "skipped", "failed", "per s"):
+        summary.add_column(column, justify="right")
+    try:
+        with TestClient(create_app()) as http:
+            client = BatchClient("", seeded.token, http=http)
+            first_page = [
+                p["id"] for p in http.get("/v1/learners", params={"limit": 50}).json()["learners"]
+            ]
+            plan = [
+                ("resend_invitation", "one page", {"learner_ids": first_page}, {}),
+                (
+                    "add_to_group",
+                    "every active, 3 unticked",
+                    {"filter": {"status": ["active"]}, "exclude_ids": first_page[:3]},
+                    {"group_ids": group_ids},
+                ),
+                (
+                    "add_to_course",
+                    "one page",
+                    {"learner_ids": first_page},
+                    {"course_ids": course_ids},
+                ),
+                (
+                    "deactivate_learner",
+                    "10 + the admin",
+                    {"learner_ids": first_page[10:20] + [seeded.admin_id]},
+                    {},
+                ),
+                (
+                    "delete_learner",
+                    "10 + the admin",
+                    {"learner_ids": first_page[20:30] + [seeded.admin_id]},
+                    {},
+                ),
+                ("resend_invitation", "resend all invitations", {"all_not_activated": True}, {}),
+            ]
+            for action, label, selection, params in plan:
+                submitted = client.submit(action, selection, params)
+                view = watch_batch(console, client, submitted["id"], poll=0.2)
+                counts = view["counts"]
+                reasons = "\n".join(f"{k}: {v:,}" for k, v in sorted(counts["reasons"].items()))
+                summary.add_row(
+                    f"{view['id']}: {action}\n  on {label}",
+                    f"{view['total']:,}",
+                    f"{counts['applied']:,}",
+                    reasons or "0",
+                    f"{counts['failed']:,}",
+                    f"{view['rate_per_second'] or 0:,.0f}",
+                )
+        deadline = time.monotonic() + 30
+        with session_scope() as session:
+            while True:
+                deleted = session.scalar(
+                    select(func.count()).where(
+                        Learner.school_id == seeded.school_id, Learner.status == "deleted"
+                    )
+                )
+                if deleted >= 10 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+                session.expire_all()
+    finally:
+        worker.stop()
+    console.print(summary)
+    console.print(f"deletions finalized (purged to tombstones): {deleted}")
+    if not settings.smtp_url:
+        console.print(f"invitation emails are in {os.path.abspath(settings.mailbox_path)}")

@@ -1,0 +1,90 @@
+"""The producer: a thin FastAPI app plus a background dispatch loop.
+
+`batchctl serve` runs it; tests use `create_app()` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from producer.routes import router
+from producer.submit import SubmitError
+from shared.broker import get_broker
+from shared.db import get_sessionmaker
+from shared.dispatch import DispatchLoop
+from shared.progress import get_redis
+from shared.publish import publisher_for
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def start_dispatcher() -> DispatchLoop:
+    settings = get_settings()
+    loop = DispatchLoop(
+        get_sessionmaker(),
+        lambda: publisher_for(get_broker()),
+        window=settings.dispatch_window,
+        stale_after=timedelta(seconds=settings.stale_after_seconds),
+    )
+    loop.start()
+    return loop
+
+
+def create_app(dispatch: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.dispatcher = start_dispatcher() if dispatch else None
+        yield
+        if app.state.dispatcher is not None:
+            app.state.dispatcher.stop()
+            app.state.dispatcher.join(timeout=10)
+
+    app = FastAPI(
+        title="Batch Actions",
+        version="1.0",
+        description="Apply one action to any number of learners of a school.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(SubmitError)
+    async def refused(_request: Request, exc: SubmitError) -> JSONResponse:
+        if exc.status == 422:
+            loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
+            detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        problems = {}
+        try:
+            with get_sessionmaker()() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems["database"] = type(exc).__name__
+        client = get_redis()
+        if client is not None:
+            try:
+                client.ping()
+            except Exception as exc:
+                problems["redis"] = type(exc).__name__
+        dispatcher = getattr(app.state, "dispatcher", None)
+        if dispatcher is not None and not dispatcher.is_alive():
+            problems["dispatcher"] = "stopped"
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return app

@@ -1,0 +1,118 @@
+"""A small client for upstream services (and `batchctl`) to drive the API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+FINISHED = {"completed", "cancelled", "failed"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class BatchClient:
+    def __init__(
+        self, base_url: str, token: str, timeout: float = 30.0, http: httpx.Client | None = None
+    ) -> None:
+        """`http` lets a caller pass its own client (the demo passes FastAPI's
+        in-process TestClient)."""
+        self.http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response.json()
+
+    def submit(
+        self,
+        action: str,
+        selection: dict,
+        params: dict | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Submit a batch. A key is generated when none is given, so a retried
+        call after a timeout cannot create a second batch."""
+        key = idempotency_key or str(uuid.uuid4())
+        body = {
+            "action": action,
+            "params": params or {},
+            "selection": selection,
+            "dry_run": dry_run,
+        }
+        return self._call("POST", "/v1/batches", json=body, headers={"Idempotency-Key": key})
+
+    def batch(self, batch_id: int) -> dict:
+        return self._call("GET", f"/v1/batches/{batch_id}")
+
+    def batches(self, limit: int = 20) -> list[dict]:
+        return self._call("GET", "/v1/batches", params={"limit": limit})["batches"]
+
+    def cancel(self, batch_id: int) -> dict:
+        return self._call("POST", f"/v1/batches/{batch_id}/cancel")
+
+    def items(
+        self, batch_id: int, outcome: str | None = None, reason: str | None = None
+    ) -> Iterator[dict]:
+        """Every item of the batch (optionally of one outcome), page by page."""
+        cursor = None
+        while True:
+            params = {"limit": 500, "outcome": outcome, "reason": reason, "cursor": cursor}
+            page = self._call(
+                "GET",
+                f"/v1/batches/{batch_id}/items",
+                params={k: v for k, v in params.items() if v is not None},
+            )
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def learners(self, **filters) -> Iterator[dict]:
+        cursor = None
+        while True:
+            params = {"limit": 500, **filters, "cursor": cursor}
+            page = self._call(
+                "GET", "/v1/learners", params={k: v for k, v in params.items() if v is not None}
+            )
+            yield from page["learners"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def access(self, learner_id: int) -> dict:
+        return self._call("GET", f"/v1/learners/{learner_id}/access")
+
+    def wait(self, batch_id: int, timeout: float = 600.0, poll: float = 0.25) -> dict:
+        """Poll until the batch is finished; return its final view."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.batch(batch_id)
+            if view["status"] in FINISHED:
+                return view
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} still {view['status']} after {timeout}s")
+            time.sleep(poll)

@@ -1,0 +1,231 @@
+"""HTTP routes: parse, authorize, call a function, shape the response."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from producer.auth import current_actor
+from producer.deps import get_session
+from producer.schemas import (
+    MAX_ID,
+    AccessView,
+    BatchList,
+    BatchRequest,
+    BatchView,
+    Counts,
+    DryRunView,
+    ItemPage,
+    ItemView,
+    LearnerFilter,
+    LearnerPage,
+    LearnerView,
+    PeopleStatus,
+    Problem,
+)
+from producer.selection import filter_conditions, shown_status
+from producer.submit import dry_run, submit
+from producer.views import FINISHED, batch_view
+from shared.access import access
+from shared.actions import Actor
+from shared.batches import request_cancel
+from shared.models import Batch, BatchItem, Group, Learner, LearnerStatus
+from shared.progress import get_progress
+
+router = APIRouter(prefix="/v1")
+ActorDep = Annotated[Actor, Depends(current_actor)]
+SessionDep = Annotated[Session, Depends(get_session)]
+Cursor = Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page.")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+BatchId = Annotated[int, Path(ge=1, le=MAX_ID)]
+LearnerIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+ERRORS = {
+    401: {"model": Problem, "description": "Missing, invalid or revoked token."},
+    403: {"model": Problem, "description": "Not an admin, or the token lacks the scope."},
+}
+NOT_FOUND = {404: {"model": Problem, "description": "No such batch in your school."}}
+
+
+def _batch(session: Session, actor: Actor, batch_id: int) -> Batch:
+    batch = session.scalar(
+        select(Batch).where(Batch.id == batch_id, Batch.school_id == actor.school_id)
+    )
+    if batch is None:  # another school's batch looks exactly like a missing one
+        raise HTTPException(404, f"no batch {batch_id} in your school")
+    return batch
+
+
+@router.post(
+    "/batches",
+    status_code=202,
+    response_model=BatchView | DryRunView,
+    responses={
+        **ERRORS,
+        409: {"model": Problem, "description": "Idempotency-Key reused with another body."},
+        413: {"model": Problem, "description": "Too many explicit learner ids."},
+    },
+)
+def create_batch(
+    body: BatchRequest,
+    request: Request,
+    response: Response,
+    actor: ActorDep,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+):
+    """Freeze the selection into a batch and start dispatch; with `dry_run`,
+    only count what each outcome would be."""
+    if body.dry_run:
+        counts = dry_run(session, actor, body)
+        total = counts.pop("total")
+        return JSONResponse(
+            DryRunView(action=body.action, total=total, counts=Counts(**counts)).model_dump(
+                mode="json"
+            )
+        )
+    submitted = submit(session, actor, body, idempotency_key)
+    session.commit()
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    elif submitted.not_found:
+        get_progress().add(submitted.batch.id, "skipped:not_found", submitted.not_found)
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+    response.headers["Location"] = f"/v1/batches/{submitted.batch.id}"
+    return batch_view(session, submitted.batch)
+
+
+@router.get("/batches", response_model=BatchList, responses=ERRORS)
+def list_batches(actor: ActorDep, session: SessionDep, cursor: Cursor = None, limit: Limit = 20):
+    """The school's batches, newest first."""
+    query = select(Batch).where(Batch.school_id == actor.school_id)
+    if cursor:
+        query = query.where(Batch.id < cursor)
+    batches = session.scalars(query.order_by(Batch.id.desc()).limit(limit)).all()
+    return BatchList(
+        batches=[batch_view(session, b) for b in batches],
+        next_cursor=batches[-1].id if len(batches) == limit else None,
+    )
+
+
+@router.get("/batches/{batch_id}", response_model=BatchView, responses={**ERRORS, **NOT_FOUND})
+def get_batch(batch_id: BatchId, actor: ActorDep, session: SessionDep):
+    """Status, counts by outcome and reason, percent, rate and ETA."""
+    return batch_view(session, _batch(session, actor, batch_id))
+
+
+@router.get("/batches/{batch_id}/items", response_model=ItemPage, responses={**ERRORS, **NOT_FOUND})
+def list_items(
+    batch_id: BatchId,
+    actor: ActorDep,
+    session: SessionDep,
+    outcome: Annotated[
+        str | None, Query(pattern="^(pending|applied|skipped|failed|cancelled)$")
+    ] = None,
+    reason: Annotated[str | None, Query(max_length=32)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+):
+    """Per-learner results with reason codes, by learner id."""
+    _batch(session, actor, batch_id)
+    query = select(BatchItem).where(BatchItem.batch_id == batch_id)
+    if outcome:
+        query = query.where(BatchItem.outcome == outcome)
+    if reason:
+        query = query.where(BatchItem.reason == reason)
+    if cursor:
+        query = query.where(BatchItem.learner_id > cursor)
+    items = session.scalars(query.order_by(BatchItem.learner_id).limit(limit)).all()
+    return ItemPage(
+        items=[
+            ItemView(
+                learner_id=i.learner_id,
+                outcome=i.outcome,
+                reason=i.reason,
+                error=i.error,
+                finished_at=i.finished_at,
+            )
+            for i in items
+        ],
+        next_cursor=items[-1].learner_id if len(items) == limit else None,
+    )
+
+
+@router.post(
+    "/batches/{batch_id}/cancel",
+    status_code=202,
+    response_model=BatchView,
+    responses={**ERRORS, **NOT_FOUND, 409: {"model": Problem, "description": "Already finished."}},
+)
+def cancel_batch(batch_id: BatchId, request: Request, actor: ActorDep, session: SessionDep):
+    """Stop starting new learners; unfinished ones end `cancelled`."""
+    batch = _batch(session, actor, batch_id)
+    if batch.status in FINISHED:
+        raise HTTPException(409, f"batch {batch_id} is {batch.status}; nothing to cancel")
+    request_cancel(session, batch_id)
+    session.commit()
+    session.refresh(batch)
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+    return batch_view(session, batch)
+
+
+@router.get("/learners", response_model=LearnerPage, responses=ERRORS)
+def list_learners(
+    actor: ActorDep,
+    session: SessionDep,
+    status: Annotated[list[PeopleStatus] | None, Query()] = None,
+    group_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+):
+    """The people list: the same filter a batch `selection.filter` takes."""
+    if group_id is not None and not session.scalar(
+        select(Group.id).where(Group.id == group_id, Group.school_id == actor.school_id)
+    ):
+        raise HTTPException(404, f"no group {group_id} in your school")
+    conditions = filter_conditions(actor, LearnerFilter(status=status, group_id=group_id, q=q))
+    query = select(Learner).where(*conditions)
+    if cursor:
+        query = query.where(Learner.id > cursor)
+    learners = session.scalars(query.order_by(Learner.id).limit(limit)).all()
+    return LearnerPage(
+        learners=[
+            LearnerView(
+                id=le.id,
+                email=le.email,
+                name=le.name,
+                status=shown_status(le.status),
+                is_admin=le.is_admin,
+            )
+            for le in learners
+        ],
+        next_cursor=learners[-1].id if len(learners) == limit else None,
+    )
+
+
+@router.get(
+    "/learners/{learner_id}/access",
+    response_model=AccessView,
+    responses={**ERRORS, 404: {"model": Problem, "description": "No such learner."}},
+)
+def learner_access(learner_id: LearnerIdPath, actor: ActorDep, session: SessionDep):
+    """Courses and learning paths the learner can open right now."""
+    status = session.scalar(
+        select(Learner.status).where(Learner.id == learner_id, Learner.school_id == actor.school_id)
+    )
+    if status is None or status == LearnerStatus.DELETED:
+        raise HTTPException(404, f"no learner {learner_id} in your school")
+    granted = access(session, actor.school_id, learner_id)
+    return AccessView(
+        learner_id=learner_id,
+        course_ids=sorted(granted.course_ids),
+        learning_path_ids=sorted(granted.learning_path_ids),
+    )

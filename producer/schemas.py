@@ -1,0 +1,152 @@
+"""Request and response bodies of the HTTP API (the OpenAPI document is built
+from these). Unknown fields are rejected, so a typo is a 422 naming it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from shared.contract import Action
+
+MAX_ID = 2**63 - 1
+LearnerId = Annotated[int, Field(ge=1, le=MAX_ID)]
+MAX_EXPLICIT_IDS = 100_000
+PeopleStatus = Literal["invited", "active", "deactivated"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LearnerFilter(Strict):
+    """The people list's query: what `GET /v1/learners` takes, as a body."""
+
+    status: list[PeopleStatus] | None = Field(
+        default=None, description="Learner statuses; `deactivated` includes learners being deleted."
+    )
+    group_id: LearnerId | None = None
+    q: str | None = Field(default=None, max_length=200, description="Part of an email or name.")
+
+
+class LearnerIdsSelection(Strict):
+    learner_ids: list[LearnerId] = Field(
+        min_length=1, description=f"Up to {MAX_EXPLICIT_IDS:,} ids; use a filter for more."
+    )
+
+
+class FilterSelection(Strict):
+    filter: LearnerFilter
+    exclude_ids: list[LearnerId] = Field(default_factory=list)
+
+
+class AllNotActivatedSelection(Strict):
+    all_not_activated: Literal[True]
+
+
+def _selection_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key in ("learner_ids", "filter", "all_not_activated"):
+            if key in value:
+                return key
+    return None
+
+
+Selection = Annotated[
+    Annotated[LearnerIdsSelection, Tag("learner_ids")]
+    | Annotated[FilterSelection, Tag("filter")]
+    | Annotated[AllNotActivatedSelection, Tag("all_not_activated")],
+    Discriminator(
+        _selection_kind,
+        custom_error_type="selection_kind",
+        custom_error_message=(
+            "selection must be {learner_ids: [...]}, {filter: {...}, exclude_ids: [...]} "
+            "or {all_not_activated: true}"
+        ),
+    ),
+]
+
+
+class BatchParams(Strict):
+    group_ids: list[LearnerId] | None = Field(default=None, min_length=1, max_length=100)
+    course_ids: list[LearnerId] | None = Field(default=None, min_length=1, max_length=100)
+
+
+class BatchRequest(Strict):
+    action: Action
+    params: BatchParams = Field(default_factory=BatchParams)
+    selection: Selection
+    dry_run: bool = False
+
+
+class Counts(BaseModel):
+    applied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pending: int = 0
+    reasons: dict[str, int] = Field(default_factory=dict, description="Skips by reason code.")
+
+
+class BatchView(BaseModel):
+    id: int
+    action: str
+    params: dict[str, Any]
+    status: str
+    total: int
+    counts: Counts
+    percent: float
+    rate_per_second: float | None = Field(description="Learners finished per second so far.")
+    eta_seconds: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class DryRunView(BaseModel):
+    dry_run: Literal[True] = True
+    action: str
+    total: int
+    counts: Counts
+
+
+class BatchList(BaseModel):
+    batches: list[BatchView]
+    next_cursor: int | None
+
+
+class ItemView(BaseModel):
+    learner_id: int
+    outcome: str
+    reason: str | None
+    error: str | None
+    finished_at: datetime | None
+
+
+class ItemPage(BaseModel):
+    items: list[ItemView]
+    next_cursor: int | None
+
+
+class LearnerView(BaseModel):
+    id: int
+    email: str | None
+    name: str | None
+    status: str
+    is_admin: bool
+
+
+class LearnerPage(BaseModel):
+    learners: list[LearnerView]
+    next_cursor: int | None
+
+
+class AccessView(BaseModel):
+    learner_id: int
+    course_ids: list[int]
+    learning_path_ids: list[int]
+
+
+class Problem(BaseModel):
+    detail: str

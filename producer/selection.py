@@ -1,0 +1,219 @@
+"""Resolving and freezing a selection of learners.
+
+A selection is resolved inside the database and frozen into batch_items with
+one `INSERT ... SELECT` in the batch's transaction, so a million learners are
+never held in producer memory and the batch acts on exactly who was selected
+at submit time, whatever changes later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from producer.schemas import (
+    AllNotActivatedSelection,
+    LearnerFilter,
+    LearnerIdsSelection,
+)
+from shared.actions import GONE, Actor
+from shared.batches import shape_counts
+from shared.contract import Action
+from shared.models import (
+    BatchItem,
+    CourseEnrollment,
+    GroupMembership,
+    ItemOutcome,
+    Learner,
+    LearnerStatus,
+)
+from shared.outcomes import Reason
+
+PENDING = ItemOutcome.PENDING.value
+
+# What the people list shows: a learner being deleted looks deactivated.
+SHOWN_AS = {
+    "invited": (LearnerStatus.INVITED,),
+    "active": (LearnerStatus.ACTIVE,),
+    "deactivated": (LearnerStatus.DEACTIVATED, LearnerStatus.DELETING),
+}
+
+
+def shown_status(status: str) -> str:
+    return "deactivated" if status == LearnerStatus.DELETING else status
+
+
+def id_table(session: Session, ids: Sequence[int]):
+    """A one-column table `id` of the given ids, bound as one parameter (a
+    list of 100,000 ids would exceed PostgreSQL's 65,535 parameters)."""
+    if session.get_bind().dialect.name == "postgresql":
+        unnest = func.unnest(bindparam("ids", list(ids), type_=ARRAY(BigInteger)))
+        return select(unnest.label("id")).subquery()
+    each = func.json_each(json.dumps(list(ids))).table_valued("value")
+    return select(each.c.value.label("id")).subquery()
+
+
+def filter_conditions(actor: Actor, people_filter: LearnerFilter) -> list[ColumnElement[bool]]:
+    """The people query, always inside the actor's school and never tombstones."""
+    conditions = [Learner.school_id == actor.school_id, Learner.status != LearnerStatus.DELETED]
+    if people_filter.status:
+        statuses = [s for shown in people_filter.status for s in SHOWN_AS[shown]]
+        conditions.append(Learner.status.in_(statuses))
+    if people_filter.group_id is not None:
+        conditions.append(
+            exists().where(
+                GroupMembership.learner_id == Learner.id,
+                GroupMembership.group_id == people_filter.group_id,
+            )
+        )
+    if people_filter.q:
+        pattern = f"%{people_filter.q.lower()}%"
+        conditions.append(
+            or_(func.lower(Learner.email).like(pattern), func.lower(Learner.name).like(pattern))
+        )
+    return conditions
+
+
+def selected_learners(session: Session, actor: Actor, selection) -> Select:
+    """`SELECT id FROM learners ...` for a filter or all-not-activated selection."""
+    if isinstance(selection, AllNotActivatedSelection):
+        people_filter = LearnerFilter(status=["invited"])
+        exclude: list[int] = []
+    else:
+        people_filter, exclude = selection.filter, selection.exclude_ids
+    query = select(Learner.id).where(*filter_conditions(actor, people_filter))
+    if exclude:
+        query = query.where(Learner.id.not_in(select(id_table(session, exclude).c.id)))
+    return query
+
+
+def freeze_selection(session: Session, batch_id: int, actor: Actor, selection) -> tuple[int, int]:
+    """Insert one item per selected learner; return (total, not found).
+
+    Explicit ids that are not learners of this school become items skipped
+    `not_found` right away: another school's learner looks exactly like one
+    that does not exist, and costs no message."""
+    connection = session.connection()
+    if isinstance(selection, LearnerIdsSelection):
+        ids = id_table(session, sorted(set(selection.learner_ids)))
+        known = and_(Learner.id == ids.c.id, Learner.school_id == actor.school_id)
+        rows = select(
+            literal(batch_id),
+            ids.c.id,
+            case(
+                (Learner.id.is_(None), ItemOutcome.SKIPPED.value), else_=ItemOutcome.PENDING.value
+            ),
+            case((Learner.id.is_(None), Reason.NOT_FOUND.value), else_=None),
+        ).select_from(ids.outerjoin(Learner, known))
+        connection.execute(
+            insert(BatchItem).from_select(["batch_id", "learner_id", "outcome", "reason"], rows)
+        )
+        not_found = connection.scalar(
+            select(func.count()).where(
+                BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.SKIPPED
+            )
+        )
+        total = connection.scalar(select(func.count()).where(BatchItem.batch_id == batch_id))
+        return total, not_found
+    learners = selected_learners(session, actor, selection).subquery()
+    total = connection.execute(
+        insert(BatchItem)
+        .from_select(["batch_id", "learner_id"], select(literal(batch_id), learners.c.id))
+        .execution_options(preserve_rowcount=True)
+    ).rowcount
+    return total, 0
+
+
+def _covers_all(link, column, target_ids: Sequence[int]) -> ColumnElement[bool]:
+    """The learner already has a link row for every one of target_ids."""
+    have = (
+        select(func.count())
+        .where(link.learner_id == Learner.id, column.in_(list(target_ids)))
+        .scalar_subquery()
+    )
+    return have >= len(set(target_ids))
+
+
+def predicted_reason(actor: Actor, action: Action, params: dict[str, Any]) -> ColumnElement:
+    """What `shared.actions` would answer for each learner, as one SQL CASE.
+    `None` means applied. A test checks it against a real run."""
+    gone = Learner.status.in_(GONE)
+    is_self = Learner.id == (actor.admin_id or 0)
+    cases = {
+        Action.RESEND_INVITATION: [
+            (Learner.status == LearnerStatus.ACTIVE, Reason.ALREADY_ACTIVE.value),
+            (Learner.status == LearnerStatus.DEACTIVATED, Reason.ALREADY_DEACTIVATED.value),
+            (gone, Reason.ALREADY_DELETED.value),
+        ],
+        Action.ADD_TO_GROUP: [
+            (gone, Reason.ALREADY_DELETED.value),
+            (
+                _covers_all(GroupMembership, GroupMembership.group_id, params.get("group_ids", [])),
+                Reason.ALREADY_MEMBER.value,
+            ),
+        ],
+        Action.ADD_TO_COURSE: [
+            (gone, Reason.ALREADY_DELETED.value),
+            (
+                _covers_all(
+                    CourseEnrollment, CourseEnrollment.course_id, params.get("course_ids", [])
+                ),
+                Reason.ALREADY_ENROLLED.value,
+            ),
+        ],
+        Action.DEACTIVATE_LEARNER: [
+            (is_self, Reason.SELF.value),
+            (Learner.status == LearnerStatus.DEACTIVATED, Reason.ALREADY_DEACTIVATED.value),
+            (gone, Reason.ALREADY_DELETED.value),
+        ],
+        Action.DELETE_LEARNER: [
+            (is_self, Reason.SELF.value),
+            (gone, Reason.ALREADY_DELETED.value),
+        ],
+    }[action]
+    return case(*cases, else_=literal_column("NULL"))
+
+
+def predict(session: Session, actor: Actor, action: Action, params: dict, selection) -> dict:
+    """Counts each outcome would have, computed without changing anything."""
+    reason = predicted_reason(actor, action, params).label("reason")
+    not_found = 0
+    if isinstance(selection, LearnerIdsSelection):
+        wanted = sorted(set(selection.learner_ids))
+        ids = id_table(session, wanted)
+        query = select(reason, func.count()).select_from(
+            ids.join(Learner, and_(Learner.id == ids.c.id, Learner.school_id == actor.school_id))
+        )
+        rows = session.execute(query.group_by(reason)).all()
+        not_found = len(wanted) - sum(n for _, n in rows)
+    else:
+        learners = selected_learners(session, actor, selection).subquery()
+        query = select(reason, func.count()).select_from(
+            learners.join(Learner, Learner.id == learners.c.id)
+        )
+        rows = session.execute(query.group_by(reason)).all()
+    shaped = [(ItemOutcome.SKIPPED if r else ItemOutcome.APPLIED, r, n) for r, n in rows]
+    if not_found:
+        shaped.append((ItemOutcome.SKIPPED, Reason.NOT_FOUND.value, not_found))
+    counts = shape_counts(shaped)
+    counts["total"] = sum(n for _, _, n in shaped)
+    return counts

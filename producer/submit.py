@@ -1,0 +1,159 @@
+"""Submitting a batch: validate against the school, freeze, and hand over to
+dispatch. Everything here happens in the request's one transaction, so a
+batch exists with its full selection or not at all."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from producer.schemas import MAX_EXPLICIT_IDS, BatchRequest, LearnerIdsSelection
+from producer.selection import freeze_selection, predict
+from shared.actions import Actor
+from shared.batches import now
+from shared.contract import Action
+from shared.models import Batch, BatchStatus, Course, Group
+
+
+class SubmitError(Exception):
+    """A request the API refuses; `status` is the HTTP code, `field` the body path."""
+
+    def __init__(self, status: int, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
+@dataclass
+class Submitted:
+    batch: Batch
+    replayed: bool = False
+    not_found: int = 0
+
+
+def request_hash(request: BatchRequest) -> str:
+    body = json.dumps(_plain(request), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _plain(request: BatchRequest) -> dict:
+    # Dumped part by part: pydantic cannot re-discriminate the selection union.
+    body = request.model_dump(mode="json", exclude={"selection"})
+    body["selection"] = request.selection.model_dump(mode="json")
+    return body
+
+
+def params_for(session: Session, actor: Actor, request: BatchRequest) -> dict:
+    """The action's params, checked: the right list for the action, nothing
+    else, and every id a group or course of this school."""
+    wanted = request.action.param_name
+    given = request.params.model_dump(exclude_none=True)
+    for name in given:
+        if name != wanted:
+            raise SubmitError(422, f"params.{name}", f"{request.action} takes no {name}; remove it")
+    if wanted is None:
+        return {}
+    if wanted not in given:
+        raise SubmitError(
+            422, f"params.{wanted}", f"{request.action} needs {wanted}: a non-empty list of ids"
+        )
+    ids = sorted(set(given[wanted]))
+    model = Group if request.action == Action.ADD_TO_GROUP else Course
+    known = set(
+        session.scalars(
+            select(model.id).where(model.school_id == actor.school_id, model.id.in_(ids))
+        )
+    )
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise SubmitError(
+            422,
+            f"params.{wanted}",
+            f"no such {model.__tablename__[:-1]} in this school: {unknown[:20]}",
+        )
+    return {wanted: ids}
+
+
+def check_size(request: BatchRequest) -> None:
+    selection = request.selection
+    if isinstance(selection, LearnerIdsSelection) and len(selection.learner_ids) > MAX_EXPLICIT_IDS:
+        raise SubmitError(
+            413,
+            "selection.learner_ids",
+            f"{len(selection.learner_ids):,} ids is more than {MAX_EXPLICIT_IDS:,}; "
+            "select with a filter (and exclude_ids) instead",
+        )
+
+
+def dry_run(session: Session, actor: Actor, request: BatchRequest) -> dict:
+    check_size(request)
+    params = params_for(session, actor, request)
+    return predict(session, actor, request.action, params, request.selection)
+
+
+def submit(
+    session: Session, actor: Actor, request: BatchRequest, idempotency_key: str | None = None
+) -> Submitted:
+    """Create the batch and its frozen items, or return the batch this
+    Idempotency-Key already made for the same body."""
+    check_size(request)
+    digest = request_hash(request)
+    if idempotency_key:
+        existing = _by_key(session, actor, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest)
+    params = params_for(session, actor, request)
+    try:
+        with session.begin_nested():
+            batch = Batch(
+                school_id=actor.school_id,
+                actor_id=actor.admin_id,
+                action=request.action.value,
+                params=params,
+                selection=_selection_summary(request),
+                status=BatchStatus.RUNNING,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+                started_at=now(),
+            )
+            session.add(batch)
+            session.flush()
+    except IntegrityError:
+        # Another request with this key won the race.
+        return _replay(_by_key(session, actor, idempotency_key), digest)
+    total, not_found = freeze_selection(session, batch.id, actor, request.selection)
+    if total == 0:
+        raise SubmitError(422, "selection", "the selection matches no learners; nothing to do")
+    batch.total = total
+    session.flush()
+    return Submitted(batch, not_found=not_found)
+
+
+def _by_key(session: Session, actor: Actor, key: str) -> Batch | None:
+    return session.scalar(
+        select(Batch).where(Batch.school_id == actor.school_id, Batch.idempotency_key == key)
+    )
+
+
+def _replay(batch: Batch, digest: str) -> Submitted:
+    if batch.request_hash != digest:
+        raise SubmitError(
+            409,
+            "Idempotency-Key",
+            "this Idempotency-Key was used with a different body; use a new key",
+        )
+    return Submitted(batch, replayed=True)
+
+
+def _selection_summary(request: BatchRequest) -> dict:
+    """What was selected, for the record; explicit id lists are in batch_items."""
+    selection = _plain(request)["selection"]
+    if "learner_ids" in selection:
+        return {"learner_ids": len(selection["learner_ids"])}
+    if "exclude_ids" in selection:
+        selection["exclude_ids"] = len(selection["exclude_ids"])
+    return selection

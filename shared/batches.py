@@ -1,0 +1,177 @@
+"""A batch's lifecycle after it is frozen: counts, completion, cancel.
+
+Counts are always recomputable from batch_items; the final ones are written
+to the batch row once, when the batch ends, so no row is updated per learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
+
+ACTIVE_STATUSES = (BatchStatus.PENDING, BatchStatus.RUNNING, BatchStatus.CANCELLING)
+CANCELLABLE = (BatchStatus.PENDING, BatchStatus.RUNNING)
+CANCEL_CHUNK = 5000
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def counts_from_items(session: Session, batch_id: int) -> dict[str, Any]:
+    """Items by outcome, and skips by reason, straight from the database."""
+    rows = (
+        session.connection()
+        .execute(
+            select(BatchItem.outcome, BatchItem.reason, func.count())
+            .where(BatchItem.batch_id == batch_id)
+            .group_by(BatchItem.outcome, BatchItem.reason)
+        )
+        .all()
+    )
+    return shape_counts((outcome, reason, n) for outcome, reason, n in rows)
+
+
+def shape_counts(rows) -> dict[str, Any]:
+    counts: dict[str, Any] = {o.value: 0 for o in ItemOutcome}
+    reasons: dict[str, int] = {}
+    for outcome, reason, n in rows:
+        counts[outcome] = counts.get(outcome, 0) + n
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + n
+    counts["reasons"] = reasons
+    return counts
+
+
+def counts_from_labels(labels: dict[str, int], total: int) -> dict[str, Any]:
+    """Counts in the same shape from Redis progress labels (`applied`, `skipped:self`...)."""
+    rows = []
+    for label, n in labels.items():
+        if label == "done":
+            continue
+        outcome, _, reason = label.partition(":")
+        rows.append((outcome, reason or None, n))
+    counts = shape_counts(rows)
+    finished = sum(v for k, v in counts.items() if k not in ("pending", "reasons"))
+    counts["pending"] = max(total - finished, 0)
+    return counts
+
+
+def complete_if_finished(session: Session, batch_id: int) -> bool:
+    """Mark a running batch `completed` once no item is pending, with final
+    counts from the items. Safe to call from anywhere, any number of times."""
+    pending = exists().where(
+        BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.PENDING
+    )
+    if session.connection().scalar(select(pending)):
+        return False
+    counts = counts_from_items(session, batch_id)
+    done = (
+        session.connection()
+        .execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING, ~pending)
+            .values(status=BatchStatus.COMPLETED, counts=counts, finished_at=now())
+        )
+        .rowcount
+    )
+    return bool(done)
+
+
+def request_cancel(session: Session, batch_id: int) -> bool:
+    """Stop new learners from starting; `cancel_step` finishes the job."""
+    return bool(
+        session.connection()
+        .execute(
+            update(Batch)
+            .where(
+                Batch.id == batch_id, Batch.status.in_((BatchStatus.PENDING, BatchStatus.RUNNING))
+            )
+            .values(status=BatchStatus.CANCELLING)
+        )
+        .rowcount
+    )
+
+
+def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> int:
+    """Mark up to `chunk` pending items `cancelled`; when none are left, the
+    batch becomes `cancelled`. What was applied stays applied."""
+    stamp = now()
+    chunk_ids = (
+        select(BatchItem.learner_id)
+        .where(BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.PENDING)
+        .limit(chunk)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # Items a worker holds right now finish as that worker decides.
+        chunk_ids = chunk_ids.with_for_update(skip_locked=True)
+    cancelled = (
+        session.connection()
+        .execute(
+            update(BatchItem)
+            .where(
+                and_(
+                    BatchItem.batch_id == batch_id,
+                    BatchItem.outcome == ItemOutcome.PENDING,
+                    BatchItem.learner_id.in_(chunk_ids.scalar_subquery()),
+                )
+            )
+            .values(outcome=ItemOutcome.CANCELLED, finished_at=stamp)
+        )
+        .rowcount
+    )
+    if cancelled == 0:
+        pending = session.connection().scalar(
+            select(
+                exists().where(
+                    BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.PENDING
+                )
+            )
+        )
+        if not pending:
+            session.connection().execute(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.status == BatchStatus.CANCELLING)
+                .values(
+                    status=BatchStatus.CANCELLED,
+                    counts=counts_from_items(session, batch_id),
+                    finished_at=stamp,
+                )
+            )
+    return cancelled
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What a worker needs to apply a batch's action: fixed at submit time, so
+    it is cached per process and costs no query per learner."""
+
+    batch_id: int
+    school_id: int
+    actor_id: int | None
+    action: str
+    params: dict[str, Any]
+    total: int
+
+
+def load_context(session: Session, batch_id: int) -> BatchContext | None:
+    row = (
+        session.connection()
+        .execute(
+            select(Batch.school_id, Batch.actor_id, Batch.action, Batch.params, Batch.total).where(
+                Batch.id == batch_id
+            )
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return BatchContext(
+        batch_id, row.school_id, row.actor_id, row.action, row.params or {}, row.total
+    )

@@ -1,0 +1,32 @@
+"""The message contract: which actions exist, their queues, and their params.
+
+Queue names are part of the contract in DESIGN.md (deploy files, dashboards
+and KEDA scalers name them). A message carries ids only, never people:
+`(batch_id, learner_id)` for a batch action, `(school_id, learner_id)` for
+`finalize_deletion`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Action(enum.StrEnum):
+    RESEND_INVITATION = "resend_invitation"
+    ADD_TO_GROUP = "add_to_group"
+    ADD_TO_COURSE = "add_to_course"
+    DEACTIVATE_LEARNER = "deactivate_learner"
+    DELETE_LEARNER = "delete_learner"
+
+    @property
+    def queue(self) -> str:
+        return self.value
+
+    @property
+    def param_name(self) -> str | None:
+        """The one list parameter the action takes, if any."""
+        return {Action.ADD_TO_GROUP: "group_ids", Action.ADD_TO_COURSE: "course_ids"}.get(self)
+
+
+FINALIZE_DELETION_QUEUE = "finalize_deletion"
+QUEUES = [a.queue for a in Action] + [FINALIZE_DELETION_QUEUE]

@@ -1,0 +1,106 @@
+"""Live progress counters in Redis: one hash per batch, incremented by workers
+only when an item really changes from pending to an outcome.
+
+Redis is never the only copy: every count can be recomputed from batch_items,
+and without Redis (or while it is down) progress is read from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import redis
+
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+KEY_TTL_SECONDS = 7 * 24 * 3600
+
+
+def key(batch_id: int) -> str:
+    return f"batch:{batch_id}:progress"
+
+
+class Progress(Protocol):
+    def record(self, batch_id: int, label: str) -> int | None:
+        """Count one finished item; return how many are finished, if known."""
+
+    def counts(self, batch_id: int) -> dict[str, int] | None:
+        """Finished items by outcome label, or None when unknown."""
+
+    def add(self, batch_id: int, label: str, n: int) -> None:
+        """Count n items at once (cancel, freeze-time skips)."""
+
+
+class NoProgress:
+    def record(self, batch_id: int, label: str) -> int | None:
+        return None
+
+    def counts(self, batch_id: int) -> dict[str, int] | None:
+        return None
+
+    def add(self, batch_id: int, label: str, n: int) -> None:
+        return None
+
+
+class RedisProgress:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def record(self, batch_id: int, label: str) -> int | None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hincrby(key(batch_id), label, 1)
+            pipe.hincrby(key(batch_id), "done", 1)
+            pipe.expire(key(batch_id), KEY_TTL_SECONDS)
+            return int(pipe.execute()[1])
+        except redis.RedisError as exc:
+            log.warning(
+                "progress not counted in Redis (%s); the database has it", type(exc).__name__
+            )
+            return None
+
+    def add(self, batch_id: int, label: str, n: int) -> None:
+        if n <= 0:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hincrby(key(batch_id), label, n)
+            pipe.hincrby(key(batch_id), "done", n)
+            pipe.expire(key(batch_id), KEY_TTL_SECONDS)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("progress not counted in Redis (%s)", type(exc).__name__)
+
+    def counts(self, batch_id: int) -> dict[str, int] | None:
+        try:
+            raw = self.client.hgetall(key(batch_id))
+        except redis.RedisError:
+            return None
+        if not raw:
+            return None
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+_progress: Progress | None = None
+
+
+def get_redis() -> redis.Redis | None:
+    url = get_settings().redis_url
+    if not url:
+        return None
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
+def get_progress() -> Progress:
+    global _progress
+    if _progress is None:
+        client = get_redis()
+        _progress = RedisProgress(client) if client else NoProgress()
+    return _progress
+
+
+def reset_progress() -> None:
+    global _progress
+    _progress = None

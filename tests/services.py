@@ -1,0 +1,176 @@
+"""Real services for end-to-end tests: a RabbitMQ vhost of our own, a Redis
+database of our own, an SMTP server that records what it receives, and the
+producer and worker processes started the way `batchctl` starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+
+import httpx
+import redis
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672"
+REDIS_TEST_DB = 11
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+class RabbitVhost:
+    """A throwaway vhost, so queues of one test run never meet another's."""
+
+    def __init__(self) -> None:
+        self.name = f"batch_test_{uuid.uuid4().hex[:8]}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        self.url = f"{RABBIT}/{self.name}"
+
+    def queue_depths(self) -> dict[str, int]:
+        out = subprocess.run(
+            [
+                "rabbitmqctl",
+                "-q",
+                "list_queues",
+                "-p",
+                self.name,
+                "name",
+                "messages",
+                "--no-table-headers",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        return {name: int(n) for name, n in (line.split() for line in out.splitlines() if line)}
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
+
+
+def fresh_redis_url() -> str:
+    url = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@dataclass
+class Inbox:
+    """What the SMTP server received: one entry per delivered message."""
+
+    messages: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook)
+        with self.lock:
+            self.messages.append(message_from_bytes(envelope.content))
+        return "250 Message accepted for delivery"
+
+    def recipients(self) -> Counter:
+        with self.lock:
+            return Counter(m["To"] for m in self.messages)
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.inbox = Inbox()
+        self.port = free_port()
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class Process:
+    """A `batchctl` subprocess with its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "batchctl", *args],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_http(url: str, process: Process, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"process exited:\n{process.output()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not up:\n{process.output()[-3000:]}")
+
+
+def wait_for_consumers(vhost: RabbitVhost, queue: str, process: Process, timeout=60) -> None:
+    """Until the worker process consumes from `queue` (workers are ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{process.output()[-3000:]}")
+        out = subprocess.run(
+            [
+                "rabbitmqctl",
+                "-q",
+                "list_queues",
+                "-p",
+                vhost.name,
+                "name",
+                "consumers",
+                "--no-table-headers",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        consumers = dict(line.split() for line in out.splitlines() if line)
+        if int(consumers.get(queue, 0)) > 0:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"no consumer on {queue}:\n{process.output()[-3000:]}")

@@ -1,0 +1,162 @@
+"""The per-learner hot path: claim the item, apply the action, record the
+outcome and the audit row, in one short transaction; then count progress.
+
+A redelivered message finds its item no longer pending and does nothing. A
+batch that is not running (cancelling, cancelled) starts no new learner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+
+from sqlalchemy import and_, exists, insert, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.actions import (
+    Actor,
+    add_to_course,
+    add_to_group,
+    deactivate_learner,
+    delete_learner,
+    resend_invitation,
+)
+from shared.batches import BatchContext, complete_if_finished, load_context, now
+from shared.contract import Action
+from shared.db import get_sessionmaker
+from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome
+from shared.outcomes import Outcome
+from shared.progress import get_progress
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[Session, BatchContext, int], Outcome]
+
+
+def _actor(ctx: BatchContext) -> Actor:
+    return Actor(ctx.school_id, ctx.actor_id)
+
+
+APPLY: dict[str, Apply] = {
+    Action.RESEND_INVITATION: lambda s, ctx, lid: resend_invitation(
+        s, _actor(ctx), lid, ctx.batch_id
+    ),
+    Action.ADD_TO_GROUP: lambda s, ctx, lid: add_to_group(
+        s, _actor(ctx), lid, ctx.params["group_ids"]
+    ),
+    Action.ADD_TO_COURSE: lambda s, ctx, lid: add_to_course(
+        s, _actor(ctx), lid, ctx.params["course_ids"]
+    ),
+    Action.DEACTIVATE_LEARNER: lambda s, ctx, lid: deactivate_learner(s, _actor(ctx), lid),
+    Action.DELETE_LEARNER: lambda s, ctx, lid: delete_learner(
+        s, _actor(ctx), lid, grace_seconds=get_settings().deletion_grace_seconds
+    ),
+}
+
+
+@lru_cache(maxsize=1024)
+def _context(batch_id: int) -> BatchContext | None:
+    # A batch's action, school, actor and params never change after submit.
+    with sessions()() as session:
+        return load_context(session, batch_id)
+
+
+def sessions() -> sessionmaker[Session]:
+    return get_sessionmaker()
+
+
+def claim_item(session: Session, batch_id: int, learner_id: int) -> bool:
+    """Lock the item if it is still pending and its batch is running."""
+    running = exists().where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING)
+    return bool(
+        session.connection()
+        .execute(
+            update(BatchItem)
+            .where(
+                and_(
+                    BatchItem.batch_id == batch_id,
+                    BatchItem.learner_id == learner_id,
+                    BatchItem.outcome == ItemOutcome.PENDING,
+                    running,
+                )
+            )
+            .values(attempts=BatchItem.attempts + 1)
+        )
+        .rowcount
+    )
+
+
+def record_outcome(
+    session: Session, ctx: BatchContext, learner_id: int, outcome: Outcome, pending_only=False
+) -> bool:
+    """Write the item's outcome and the audit row. With `pending_only`, only a
+    still-pending item is written (recording a failure outside the claim)."""
+    conditions = [BatchItem.batch_id == ctx.batch_id, BatchItem.learner_id == learner_id]
+    if pending_only:
+        conditions.append(BatchItem.outcome == ItemOutcome.PENDING)
+    written = (
+        session.connection()
+        .execute(
+            update(BatchItem)
+            .where(*conditions)
+            .values(
+                outcome=outcome.kind,
+                reason=outcome.reason,
+                error=outcome.error,
+                finished_at=now(),
+            )
+        )
+        .rowcount
+    )
+    if written:
+        session.connection().execute(
+            insert(AuditEntry).values(
+                school_id=ctx.school_id,
+                actor_id=ctx.actor_id,
+                learner_id=learner_id,
+                batch_id=ctx.batch_id,
+                action=ctx.action,
+                outcome=outcome.kind,
+                reason=outcome.reason,
+            )
+        )
+    return bool(written)
+
+
+def process_item(batch_id: int, learner_id: int) -> Outcome | None:
+    """Apply the batch's action to one learner. None when there was nothing to
+    do: the item is finished already, or the batch is not running."""
+    ctx = _context(batch_id)
+    if ctx is None:
+        return None
+    with sessions()() as session, session.begin():
+        if not claim_item(session, batch_id, learner_id):
+            return None
+        outcome = APPLY[ctx.action](session, ctx, learner_id)
+        record_outcome(session, ctx, learner_id, outcome)
+    count_progress(ctx, outcome)
+    return outcome
+
+
+def record_failure(batch_id: int, learner_id: int, error: str) -> Outcome | None:
+    """Mark a still-pending item failed (permanent error, or retries exhausted)."""
+    ctx = _context(batch_id)
+    if ctx is None:
+        return None
+    outcome = Outcome.failed(error)
+    with sessions()() as session, session.begin():
+        if not record_outcome(session, ctx, learner_id, outcome, pending_only=True):
+            return None
+    count_progress(ctx, outcome)
+    return outcome
+
+
+def count_progress(ctx: BatchContext, outcome: Outcome) -> None:
+    """Count in Redis; the item that brings the count to the total completes
+    the batch. Without Redis, the dispatcher completes it from the database."""
+    done = get_progress().record(ctx.batch_id, outcome.label)
+    if done is not None and done >= ctx.total:
+        with sessions()() as session, session.begin():
+            complete_if_finished(session, ctx.batch_id)

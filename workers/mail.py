@@ -1,0 +1,229 @@
+"""Invitation delivery from the outbox.
+
+The guarantee: at most one email per learner per batch. The invitation row is
+marked `sending_at` and committed *before* the SMTP conversation, and
+`sent_at` after it; a row already marked sending is never sent again. So a
+worker that dies between sending and committing cannot cause a second email;
+the cost is that such an invitation (rare, counted by the reconciler) may not
+have gone out, and a new batch is how an admin resends it. A transient SMTP
+failure before the server accepted the message clears the mark, so the
+message retries and the email goes out later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import smtplib
+import threading
+import time
+from email.message import EmailMessage
+from typing import Protocol
+from urllib.parse import urlparse
+
+from dramatiq.rate_limits import WindowRateLimiter
+from dramatiq.rate_limits.backends import RedisBackend
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.batches import now
+from shared.models import Invitation, Learner, LearnerStatus, School
+from shared.progress import get_redis
+from shared.settings import Settings, get_settings
+from workers.errors import TransientError, is_transient
+
+RATE_LIMIT_WAIT_SECONDS = 30
+
+
+class Mailer(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+class SmtpMailer:
+    """SMTP with one connection per thread, reopened when the server drops it."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        self.host = parsed.hostname or "localhost"
+        self.port = parsed.port or 25
+        self.user, self.password = parsed.username, parsed.password
+        self.starttls = parsed.scheme == "smtp+starttls"
+        self.local = threading.local()
+
+    def _client(self) -> smtplib.SMTP:
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = smtplib.SMTP(self.host, self.port, timeout=10)
+            if self.starttls:
+                client.starttls()
+            if self.user:
+                client.login(self.user, self.password or "")
+            self.local.client = client
+        return client
+
+    def send(self, message: EmailMessage) -> None:
+        try:
+            self._client().send_message(message)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.local.client = None
+            raise
+
+
+class MailboxMailer:
+    """Embedded mode: append each email to a local mailbox file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def send(self, message: EmailMessage) -> None:
+        with open(self.path, "a", encoding="utf-8") as mailbox:
+            fcntl.flock(mailbox, fcntl.LOCK_EX)
+            mailbox.write(f"From batch-actions {time.ctime()}\n{message.as_string()}\n")
+
+
+class LocalRateLimiter:
+    """Per-process fallback when Redis is not configured or not answering."""
+
+    def __init__(self, per_second: int) -> None:
+        self.interval = 1.0 / per_second
+        self.lock = threading.Lock()
+        self.next_at = 0.0
+
+    def wait(self) -> None:
+        with self.lock:
+            at = max(self.next_at, time.monotonic())
+            self.next_at = at + self.interval
+        time.sleep(max(0.0, at - time.monotonic()))
+
+
+class SharedRateLimiter:
+    """At most `per_second` emails a second across every worker (Redis window)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.fallback = LocalRateLimiter(per_second)
+        client = get_redis()
+        self.limiter = (
+            WindowRateLimiter(
+                RedisBackend(client=client), "smtp-invitations", limit=per_second, window=1
+            )
+            if client
+            else None
+        )
+
+    def wait(self) -> None:
+        if self.limiter is None:
+            return self.fallback.wait()
+        deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with self.limiter.acquire(raise_on_failure=False) as acquired:
+                    if acquired:
+                        return None
+            except Exception:  # Redis down: keep sending, limited per process
+                return self.fallback.wait()
+            time.sleep(0.05)
+        raise TransientError("email rate limit busy")
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    if settings.smtp_url:
+        return SmtpMailer(settings.smtp_url)
+    return MailboxMailer(settings.mailbox_path)
+
+
+def invitation_email(
+    settings: Settings, to: str, name: str, school: str, token_hash: str
+) -> EmailMessage:
+    link_token = hmac.new(settings.signing_key.encode(), token_hash.encode(), hashlib.sha256)
+    message = EmailMessage()
+    message["From"] = settings.smtp_from
+    message["To"] = to
+    message["Subject"] = f"You are invited to {school}"
+    # A stable Message-ID lets a receiving server drop a duplicate, if one ever left us.
+    message["Message-ID"] = f"<invitation-{token_hash[:32]}@batch-actions>"
+    message.set_content(
+        f"Hello {name},\n\n{school} invites you to start learning.\n"
+        f"Accept the invitation: https://learn.example/invitations/{link_token.hexdigest()}\n"
+    )
+    return message
+
+
+class InvitationSender:
+    def __init__(self, session_factory: sessionmaker[Session], settings: Settings | None = None):
+        self.sessions = session_factory
+        self.settings = settings or get_settings()
+        self.mailer = build_mailer(self.settings)
+        self.rate = SharedRateLimiter(self.settings.smtp_rate_per_second)
+
+    def deliver(self, invitation_id: int) -> bool:
+        """Send one outbox invitation unless it is sent or being sent. True if sent now."""
+        with self.sessions() as session, session.begin():
+            marked = (
+                session.connection()
+                .execute(
+                    update(Invitation)
+                    .where(
+                        Invitation.id == invitation_id,
+                        Invitation.sending_at.is_(None),
+                        Invitation.sent_at.is_(None),
+                    )
+                    .values(sending_at=now(), attempts=Invitation.attempts + 1)
+                )
+                .rowcount
+            )
+            row = session.execute(
+                select(
+                    Learner.email,
+                    Learner.name,
+                    Learner.status,
+                    School.name.label("school"),
+                    Invitation.token_hash,
+                )
+                .join(Learner, Learner.id == Invitation.learner_id)
+                .join(School, School.id == Invitation.school_id)
+                .where(Invitation.id == invitation_id)
+            ).first()
+        if not marked or row is None:
+            return False
+        if row.status != LearnerStatus.INVITED or not row.email:
+            self._mark_sent(invitation_id)  # activated or removed since: nothing to send
+            return False
+        try:
+            self.rate.wait()
+            self.mailer.send(
+                invitation_email(
+                    self.settings, row.email, row.name or "", row.school, row.token_hash
+                )
+            )
+        except Exception as exc:
+            accepted = isinstance(exc, smtplib.SMTPRecipientsRefused)
+            if is_transient(exc) and not accepted:
+                self._unmark(invitation_id)
+            raise
+        self._mark_sent(invitation_id)
+        return True
+
+    def deliver_for_item(self, batch_id: int, learner_id: int) -> bool:
+        with self.sessions() as session:
+            invitation_id = session.scalar(
+                select(Invitation.id).where(
+                    Invitation.batch_id == batch_id,
+                    Invitation.learner_id == learner_id,
+                    Invitation.sending_at.is_(None),
+                )
+            )
+        return invitation_id is not None and self.deliver(invitation_id)
+
+    def _mark_sent(self, invitation_id: int) -> None:
+        with self.sessions() as session, session.begin():
+            session.execute(
+                update(Invitation).where(Invitation.id == invitation_id).values(sent_at=now())
+            )
+
+    def _unmark(self, invitation_id: int) -> None:
+        with contextlib.suppress(Exception), self.sessions() as session, session.begin():
+            session.execute(
+                update(Invitation).where(Invitation.id == invitation_id).values(sending_at=None)
+            )

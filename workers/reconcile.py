@@ -1,0 +1,95 @@
+"""`batchctl reconcile`: the loop that makes "delayed, never lost" true.
+
+Each pass, safe to run in several replicas at once:
+- tops up every running batch's dispatch window, advances cancels and
+  completes batches whose Redis counters missed (`shared.dispatch.tick`);
+- republishes the in-flight items of a batch that made no progress for
+  `STALE_AFTER_SECONDS` (a lost message, a dead producer);
+- finalizes deletions more than `DELETION_OVERDUE_SECONDS` past due (a lost
+  `finalize_deletion` message), well within the one-hour promise;
+- sends outbox invitations nobody picked up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.batches import now
+from shared.dispatch import tick
+from shared.models import Invitation
+from shared.publish import Publisher
+from shared.settings import Settings
+from workers.deletion import finalize_learner, overdue_deletions
+from workers.errors import describe
+from workers.mail import InvitationSender
+
+log = logging.getLogger(__name__)
+UNSENT_AFTER = timedelta(minutes=2)
+
+
+@dataclass
+class Pass:
+    published: int = 0
+    finalized: int = 0
+    invitations_sent: int = 0
+
+
+def reconcile_once(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    settings: Settings,
+    sender: InvitationSender | None = None,
+) -> Pass:
+    result = Pass()
+    result.published = tick(
+        sessions,
+        publisher,
+        settings.dispatch_window,
+        stale_after=timedelta(seconds=settings.stale_after_seconds),
+    )
+    for school_id, learner_id in overdue_deletions(
+        sessions, timedelta(seconds=settings.deletion_overdue_seconds)
+    ):
+        if finalize_learner(sessions, school_id, learner_id).kind == "applied":
+            result.finalized += 1
+    if sender is not None:
+        with sessions() as session:
+            unsent = session.scalars(
+                select(Invitation.id)
+                .where(
+                    Invitation.sending_at.is_(None),
+                    Invitation.sent_at.is_(None),
+                    Invitation.created_at < now() - UNSENT_AFTER,
+                )
+                .limit(200)
+            ).all()
+        for invitation_id in unsent:
+            try:
+                result.invitations_sent += sender.deliver(invitation_id)
+            except Exception as exc:
+                log.warning("invitation not sent, will retry: %s", describe(exc))
+                break
+    return result
+
+
+def run(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    settings: Settings,
+    sender: InvitationSender | None,
+    stop: threading.Event,
+) -> None:
+    while not stop.is_set():
+        try:
+            result = reconcile_once(sessions, publisher, settings, sender)
+            if result.published or result.finalized or result.invitations_sent:
+                log.info("reconcile pass: %s", result)
+        except Exception as exc:
+            log.warning("reconcile pass failed, will retry: %s", describe(exc))
+        stop.wait(settings.reconcile_interval_seconds)
