@@ -16,7 +16,7 @@ from shared.contract import FINALIZE_DELETION_QUEUE, Action
 from shared.settings import get_settings
 from workers import middleware
 from workers.deletion import finalize_learner
-from workers.errors import describe, is_transient
+from workers.errors import PermanentFailure, describe, is_transient
 from workers.items import _context, process_item, record_failure, sessions
 from workers.mail import InvitationSender
 
@@ -26,6 +26,7 @@ middleware.install(broker)
 
 RETRY_OPTIONS = {
     "retry_when": middleware.should_retry,
+    "throws": (PermanentFailure,),
     "min_backoff": middleware.MIN_BACKOFF_MS,
     "max_backoff": middleware.MAX_BACKOFF_MS,
 }
@@ -43,7 +44,8 @@ def handle_item(action: Action, batch_id: int, learner_id: int) -> None:
         if is_transient(exc):
             raise
         log.warning("batch %s: item failed permanently: %s", batch_id, describe(exc))
-        outcome = record_failure(batch_id, learner_id, describe(exc))
+        record_failure(batch_id, learner_id, describe(exc))
+        raise PermanentFailure(describe(exc)) from None
     if action == Action.RESEND_INVITATION and (outcome is None or outcome.kind == "applied"):
         # Also on redelivery: the item may be done while its email is not sent yet.
         invitation_sender().deliver_for_item(batch_id, learner_id)

@@ -30,6 +30,11 @@ class TransientError(Exception):
     """Raised by our own code for a failure a retry can fix."""
 
 
+class PermanentFailure(Exception):
+    """The item is recorded `failed`; raised so the message is not retried
+    and lands in the dead-letter queue for inspection."""
+
+
 def sqlstate(exc: BaseException) -> str | None:
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) or getattr(exc, "sqlstate", None)
