@@ -11,11 +11,16 @@ $(BIN)/batchctl: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Offline validators for deploy/ (promtool, hadolint, kubernetes-validate, ...).
+$(VENV)/.deploy-tools: deploy/install-tools.sh $(BIN)/batchctl
+	VENV=$(VENV) bash deploy/install-tools.sh
+	touch $@
+
 demo: $(BIN)/batchctl
 	$(BIN)/batchctl demo
 
-test: $(BIN)/batchctl
-	$(BIN)/pytest
+test: $(BIN)/batchctl $(VENV)/.deploy-tools
+	REQUIRE_DEPLOY_TOOLS=1 $(BIN)/pytest
 
 lint: $(BIN)/batchctl
 	$(BIN)/ruff check .
