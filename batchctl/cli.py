@@ -112,6 +112,29 @@ def serve(
     uvicorn.run(create_app(), host=host, port=port, log_level="info")
 
 
+def worker_metrics_env() -> dict[str, str]:
+    """Point Dramatiq's Prometheus middleware at METRICS_HOST:METRICS_PORT and a
+    multiprocess directory of this pool's own, emptied so that no series of a
+    previous run's dead processes is served."""
+    import tempfile
+
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+        tempfile.gettempdir(), f"batch-actions-metrics-{settings.metrics_port}"
+    )
+    os.makedirs(directory, exist_ok=True)
+    for stale in Path(directory).glob("*.db"):
+        stale.unlink()
+    return {
+        "PROMETHEUS_MULTIPROC_DIR": directory,
+        "dramatiq_prom_db": directory,
+        "dramatiq_prom_host": settings.metrics_host,
+        "dramatiq_prom_port": str(settings.metrics_port),
+    }
+
+
 @app.command()
 def worker(
     processes: int = typer.Option(2, min=1, help="Worker processes."),
@@ -124,6 +147,7 @@ def worker(
     unknown = set(queues or []) - set(QUEUES)
     if unknown:
         raise typer.BadParameter(f"unknown queues {sorted(unknown)}; known: {QUEUES}")
+    os.environ.update(worker_metrics_env())
     argv = [
         sys.executable,
         "-m",
@@ -147,6 +171,7 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     """Republish stuck items, finalize overdue deletions, complete batches."""
     from shared.broker import get_broker
     from shared.db import get_sessionmaker
+    from shared.metrics import DatabaseCollector, serve_metrics
     from shared.publish import publisher_for
     from shared.settings import get_settings
     from workers import reconcile as reconciler
@@ -156,6 +181,8 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     sessions = get_sessionmaker()
     publisher = publisher_for(get_broker())
     sender = InvitationSender(sessions, settings)
+    if not once:
+        serve_metrics(settings.metrics_host, settings.metrics_port, [DatabaseCollector(sessions)])
     if once:
         console.print(reconciler.reconcile_once(sessions, publisher, settings, sender))
         return

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from producer.routes import router
@@ -18,6 +19,7 @@ from producer.submit import SubmitError
 from shared.broker import get_broker
 from shared.db import get_sessionmaker
 from shared.dispatch import DispatchLoop
+from shared.metrics import DatabaseCollector, exposition, requests
 from shared.progress import get_redis
 from shared.publish import publisher_for
 from shared.settings import get_settings
@@ -61,6 +63,21 @@ def create_app(dispatch: bool = True) -> FastAPI:
             detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    collectors = [DatabaseCollector(get_sessionmaker())]
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        if route is not None and route.path != "/metrics":
+            action = getattr(request.state, "batch_action", None) or route.name
+            requests().labels(action, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(exposition(collectors), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:

@@ -79,6 +79,7 @@ def create_batch(
 ):
     """Freeze the selection into a batch and start dispatch; with `dry_run`,
     only count what each outcome would be."""
+    request.state.batch_action = body.action.value
     if body.dry_run:
         counts = dry_run(session, actor, body)
         total = counts.pop("total")

@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import cancel_step, complete_if_finished, now
+from shared.metrics import messages_published
 from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.publish import Publisher, PublishError
 
@@ -78,6 +79,7 @@ def dispatch_step(
             complete_if_finished(session, batch_id)
             return 0
         publisher.publish([item_message(batch.action, batch_id, lid) for lid in learner_ids])
+        messages_published().labels(batch.action).inc(len(learner_ids))
         session.execute(
             update(Batch)
             .where(Batch.id == batch_id)
@@ -115,6 +117,7 @@ def republish_stale(
         ).all()
         if learner_ids:
             publisher.publish([item_message(batch.action, batch_id, lid) for lid in learner_ids])
+            messages_published().labels(batch.action).inc(len(learner_ids))
             log.info("batch %s: republished %d stale items", batch_id, len(learner_ids))
         session.execute(update(Batch).where(Batch.id == batch_id).values(dispatched_at=now()))
         return len(learner_ids)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     stale_after_seconds: int = Field(default=120, ge=1)
     deletion_overdue_seconds: int = Field(default=300, ge=0)
+    # Workers' and the reconciler's Prometheus endpoint. Two worker pools on one
+    # host need two ports (each gets its own multiprocess directory too).
+    metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9191, ge=0, le=65535)
 
     @field_validator("database_url")

@@ -130,6 +130,7 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
     try:
         wait_http(f"{running.base_url}/healthz", producer)
         wait_for_consumers(vhost, "add_to_group", worker)
+        wait_http(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics", worker)
         yield running
     finally:
         producer.stop()

@@ -14,7 +14,7 @@ import dramatiq
 from shared.broker import get_broker
 from shared.contract import FINALIZE_DELETION_QUEUE, Action
 from shared.settings import get_settings
-from workers import middleware
+from workers import metrics, middleware
 from workers.deletion import finalize_learner
 from workers.errors import PermanentFailure, describe, is_transient
 from workers.items import _context, process_item, record_failure, sessions
@@ -22,6 +22,7 @@ from workers.mail import InvitationSender
 
 log = logging.getLogger(__name__)
 broker = get_broker()
+metrics.install(broker)
 middleware.install(broker)
 
 RETRY_OPTIONS = {
@@ -40,6 +41,7 @@ def invitation_sender() -> InvitationSender:
 def handle_item(action: Action, batch_id: int, learner_id: int) -> None:
     try:
         outcome = process_item(batch_id, learner_id)
+        metrics.note_outcome(outcome.kind.value if outcome else None)
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -77,4 +79,4 @@ delete_learner = _item_actor(Action.DELETE_LEARNER)
 )
 def finalize_deletion(school_id: int, learner_id: int) -> None:
     """Purge a deleted learner once the grace period is over."""
-    finalize_learner(sessions(), school_id, learner_id)
+    metrics.note_outcome(finalize_learner(sessions(), school_id, learner_id).kind.value)

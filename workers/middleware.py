@@ -52,10 +52,11 @@ class FailExhaustedItems(Middleware):
 
 
 def install(broker: dramatiq.Broker) -> None:
-    """Add the worker-side middleware, keeping Retries before FailExhaustedItems
-    (which reads the failed flag that Retries sets)."""
+    """Add the worker-side middleware. Dramatiq runs after-hooks in reverse
+    order, so FailExhaustedItems goes *before* Retries in the list: its hook
+    then runs after Retries has set the message's failed flag."""
+    broker.add_middleware(FailExhaustedItems())
     broker.add_middleware(
         Retries(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS)
     )
     broker.add_middleware(ScrubTraceback())
-    broker.add_middleware(FailExhaustedItems())

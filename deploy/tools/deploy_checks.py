@@ -56,7 +56,7 @@ DASHBOARD_MUST_USE = {
     "batches_active",
     "deletions_pending",
     "deletion_finalize_lag_seconds",
-    "rabbitmq_queue_messages_ready",
+    "rabbitmq_detailed_queue_messages_ready",
     "dramatiq_message_retries_total",
     "dramatiq_message_errors_total",
 }
