@@ -7,7 +7,9 @@ and without Redis (or while it is down) progress is read from the database.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from functools import cache
 from typing import Protocol
 
 import redis
@@ -18,8 +20,15 @@ log = logging.getLogger(__name__)
 KEY_TTL_SECONDS = 7 * 24 * 3600
 
 
+@cache
+def namespace() -> str:
+    """Keys are scoped to the database they count for, so two deployments (or
+    two test runs) sharing one Redis never mix their batch ids."""
+    return hashlib.sha256(get_settings().database_url.encode()).hexdigest()[:8]
+
+
 def key(batch_id: int) -> str:
-    return f"batch:{batch_id}:progress"
+    return f"batch-actions:{namespace()}:batch:{batch_id}:progress"
 
 
 class Progress(Protocol):
@@ -104,3 +113,4 @@ def get_progress() -> Progress:
 def reset_progress() -> None:
     global _progress
     _progress = None
+    namespace.cache_clear()

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     deletion_overdue_seconds: int = Field(default=300, ge=0)
     # Workers' and the reconciler's Prometheus endpoint. Two worker pools on one
     # host need two ports (each gets its own multiprocess directory too).
+    # Transient failures: retries with exponential backoff (milliseconds).
+    retry_max: int = Field(default=10, ge=0)
+    retry_min_backoff_ms: int = Field(default=500, ge=1)
+    retry_max_backoff_ms: int = Field(default=300_000, ge=1)
+    # A message redelivered this many times after killing its worker (no ack)
+    # is given up: its item ends `failed` and it goes to the dead letters.
+    max_deliveries: int = Field(default=5, ge=1)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9191, ge=0, le=65535)
 

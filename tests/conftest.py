@@ -104,7 +104,7 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         RabbitVhost,
         SmtpServer,
         free_port,
-        fresh_redis_url,
+        redis_url,
         wait_for_consumers,
         wait_http,
     )
@@ -117,7 +117,7 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         **os.environ,
         "DATABASE_URL": database_url,
         "BROKER_URL": vhost.url,
-        "REDIS_URL": fresh_redis_url(),
+        "REDIS_URL": redis_url(),
         "SMTP_URL": smtp.url,
         "DISPATCH_WINDOW": "200",
         "DELETION_GRACE_SECONDS": "1",

@@ -28,8 +28,8 @@ middleware.install(broker)
 RETRY_OPTIONS = {
     "retry_when": middleware.should_retry,
     "throws": (PermanentFailure,),
-    "min_backoff": middleware.MIN_BACKOFF_MS,
-    "max_backoff": middleware.MAX_BACKOFF_MS,
+    "min_backoff": get_settings().retry_min_backoff_ms,
+    "max_backoff": get_settings().retry_max_backoff_ms,
 }
 
 

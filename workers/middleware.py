@@ -1,29 +1,31 @@
-"""Worker middleware: retry policy and the bookkeeping around each message."""
+"""Worker middleware: retry policy, crash loops, and the bookkeeping around
+each message. Dramatiq runs after-hooks in reverse order of the list, which
+`install` accounts for."""
 
 from __future__ import annotations
 
 import logging
 
 import dramatiq
-from dramatiq.middleware import Middleware, Retries
+import redis
+from dramatiq.middleware import Middleware, Retries, SkipMessage
 
-from shared.contract import Action
+from shared.contract import FINALIZE_DELETION_QUEUE, Action
+from shared.progress import get_redis
+from shared.settings import get_settings
 from workers.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
 
-# Transient failures retry with exponential backoff: 0.5 s doubling up to
-# 5 minutes, 10 times (about 15 minutes in all, enough to ride out a database
-# failover). Permanent failures never reach the retry policy: the actor marks
-# the item failed at once.
-MAX_RETRIES = 10
-MIN_BACKOFF_MS = 500
-MAX_BACKOFF_MS = 300_000
 ITEM_ACTORS = {a.value for a in Action}
+DELIVERY_KEY_TTL_SECONDS = 24 * 3600
 
 
 def should_retry(retries: int, exception: BaseException) -> bool:
-    return retries < MAX_RETRIES and is_transient(exception)
+    """Transient failures retry with exponential backoff (RETRY_MIN_BACKOFF_MS
+    doubling to RETRY_MAX_BACKOFF_MS) up to RETRY_MAX times; permanent ones
+    never reach this policy (the actor raises PermanentFailure, a `throws`)."""
+    return retries < get_settings().retry_max and is_transient(exception)
 
 
 class ScrubTraceback(Middleware):
@@ -51,12 +53,57 @@ class FailExhaustedItems(Middleware):
             log.warning("could not record failure of batch %s: %s", batch_id, describe(exc))
 
 
+class CrashLoopGuard(Middleware):
+    """A message that kills its worker process is never acked, so RabbitMQ
+    redelivers it forever (dramatiq#213). Redeliveries are counted in Redis
+    when they start; at MAX_DELIVERIES the item ends `failed` and the message
+    is dead-lettered instead of run again. First deliveries cost nothing here."""
+
+    def before_process_message(self, broker, message):
+        if not getattr(message, "redelivered", False):
+            return
+        if message.actor_name not in ITEM_ACTORS | {FINALIZE_DELETION_QUEUE}:
+            return
+        client = get_redis()
+        if client is None:
+            return
+        key = f"batch-actions:deliveries:{message.message_id}"
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, DELIVERY_KEY_TTL_SECONDS)
+            redeliveries = int(pipe.execute()[0])
+        except redis.RedisError:
+            return
+        if redeliveries < get_settings().max_deliveries:
+            return
+        log.error(
+            "message %s of %s was redelivered %d times; giving up",
+            message.message_id,
+            message.actor_name,
+            redeliveries,
+        )
+        if message.actor_name in ITEM_ACTORS:
+            from workers.items import record_failure
+
+            batch_id, learner_id = message.args[:2]
+            record_failure(batch_id, learner_id, f"crashed its worker {redeliveries} times")
+        message.fail()
+        raise SkipMessage("crash loop")
+
+
 def install(broker: dramatiq.Broker) -> None:
-    """Add the worker-side middleware. Dramatiq runs after-hooks in reverse
-    order, so FailExhaustedItems goes *before* Retries in the list: its hook
-    then runs after Retries has set the message's failed flag."""
+    """Add the worker-side middleware. FailExhaustedItems goes *before*
+    Retries in the list, so its after-hook runs after Retries has set the
+    message's failed flag."""
+    settings = get_settings()
+    broker.add_middleware(CrashLoopGuard())
     broker.add_middleware(FailExhaustedItems())
     broker.add_middleware(
-        Retries(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS)
+        Retries(
+            max_retries=settings.retry_max,
+            min_backoff=settings.retry_min_backoff_ms,
+            max_backoff=settings.retry_max_backoff_ms,
+        )
     )
     broker.add_middleware(ScrubTraceback())
