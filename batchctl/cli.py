@@ -311,3 +311,81 @@ def demo(
     from batchctl.demo import run_demo
 
     run_demo(console, learners)
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter queues: list, replay, purge.")
+app.add_typer(dlq_app, name="dlq")
+QueueOption = typer.Option(None, "--queue", help="One queue (default: every queue).")
+
+
+def _rabbit():
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    from shared.broker import get_broker
+
+    broker = get_broker()
+    if not isinstance(broker, RabbitmqBroker):
+        _fail(ValueError("dead-letter queues need RabbitMQ: set BROKER_URL=amqp://..."))
+    return broker
+
+
+def _queues(queue: str | None) -> list[str]:
+    from shared.contract import QUEUES
+
+    if queue is not None and queue not in QUEUES:
+        raise typer.BadParameter(f"unknown queue {queue!r}; known: {', '.join(QUEUES)}")
+    return [queue] if queue else list(QUEUES)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    queue: str = QueueOption,
+    show: int = typer.Option(10, min=0, help="Messages to show per queue."),
+) -> None:
+    """How many dead letters each queue has, and the first few (ids only)."""
+    from workers import dead_letters
+
+    broker = _rabbit()
+    for name, depth in dead_letters.counts(broker, _queues(queue)).items():
+        console.print(f"[bold]{name}[/]: {depth:,}")
+        if depth and show:
+            for letter in dead_letters.peek(broker, name.removesuffix(".XQ"), show):
+                typer.echo(json.dumps(letter.describe()))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    queue: str = QueueOption,
+    limit: int = typer.Option(1000, min=1, help="At most this many per queue."),
+    dry_run: bool = typer.Option(False, help="Only say what would be replayed."),
+) -> None:
+    """Publish dead letters again; their failed items are reopened first."""
+    from shared.db import get_sessionmaker
+    from workers import dead_letters
+
+    broker = _rabbit()
+    for name in _queues(queue):
+        report = dead_letters.replay(broker, get_sessionmaker(), name, limit, dry_run)
+        verb = "would replay" if dry_run else "replayed"
+        console.print(
+            f"{name}.XQ: {verb} {report.replayed:,} (items reopened: {report.reopened:,}); "
+            f"unreadable, left in place: {report.unreadable:,}"
+        )
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    queue: str = QueueOption,
+    dry_run: bool = typer.Option(False, help="Only count what would be dropped."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Drop dead letters for good."""
+    from workers import dead_letters
+
+    broker = _rabbit()
+    queues = _queues(queue)
+    if not dry_run and not yes:
+        typer.confirm(f"Drop every dead letter of {', '.join(queues)}?", abort=True)
+    for name in queues:
+        n = dead_letters.purge(broker, name, dry_run)
+        console.print(f"{name}.XQ: {'would drop' if dry_run else 'dropped'} {n:,}")

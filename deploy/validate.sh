@@ -8,8 +8,8 @@
 # 3 a validator is missing (run deploy/install-tools.sh).
 #
 # Environment: VENV (tool venv), KUBE_VERSIONS (Kubernetes versions to
-# validate against, default "1.28.0 1.37.0"), STRICT_RUNBOOKS=1 (fail when
-# docs/OPERATIONS.md lacks a section for an alert).
+# validate against, default "1.28.0 1.37.0"). An alert without a section in
+# docs/OPERATIONS.md fails the check.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -31,7 +31,7 @@ def run_validate(deploy_dir: Path, **env: str) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "STRICT_RUNBOOKS": "0", **env},
+        env={**os.environ, **env},
     )
 
 

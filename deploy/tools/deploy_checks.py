@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -241,12 +240,10 @@ def check_alerts(deploy: Path, r: Report) -> None:
     if not runbook.is_file():
         r.warn(RUNBOOK, "not found next to deploy/; runbook anchors not checked")
         return
-    # A warning until every runbook section is written; STRICT_RUNBOOKS=1 makes it fail.
-    report = r.error if os.environ.get("STRICT_RUNBOOKS") == "1" else r.warn
     anchors = github_anchors(runbook.read_text())
     for name in names:
         if name.lower() not in anchors:
-            report(RUNBOOK, f"no section for alert {name} (anchor #{name.lower()})")
+            r.error(RUNBOOK, f"no section for alert {name} (anchor #{name.lower()})")
 
 
 # ------------------------------------------------------------------ dashboard
