@@ -20,6 +20,7 @@ from dramatiq.middleware import (
 )
 
 from shared.settings import Settings, get_settings
+from shared.signing import SignMessages
 
 # A learner takes milliseconds; a minute means something is stuck, and the
 # worker's graceful-shutdown period in deploy/ is sized to match.
@@ -38,6 +39,9 @@ def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
         Pipelines(),
         CurrentMessage(),
     ]
+    if settings.signing_key:
+        # First in the list: its before_process_message runs before any other.
+        middleware.insert(0, SignMessages(settings.signing_key, settings.signing_key_previous))
     if settings.broker_url.startswith("amqp"):
         return RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
     return StubBroker(middleware=middleware)

@@ -62,6 +62,15 @@ def messages_published() -> Counter:
 
 
 @cache
+def messages_rejected() -> Counter:
+    return Counter(
+        "batch_messages_rejected",
+        "Messages refused before any actor code ran (unsigned, bad_signature), dead-lettered.",
+        ["reason"],
+    )
+
+
+@cache
 def requests() -> Counter:
     return Counter(
         "batch_requests",

@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     # Invitation emails per second, shared by every worker through Redis.
     smtp_rate_per_second: int = Field(default=50, ge=1)
     smtp_from: str = "no-reply@batch-actions.invalid"
+    # HMAC key for broker messages and invitation links; while rotating, the
+    # old key goes in SIGNING_KEY_PREVIOUS (accepted, never used to sign).
     signing_key: str = ""
+    signing_key_previous: str = ""
     dispatch_window: int = Field(default=2000, ge=1)
     deletion_grace_seconds: int = Field(default=60, ge=0)
     # Reconciler: how often it runs, when in-flight items count as lost, and

@@ -91,6 +91,15 @@ class Stack:
         self.env, self.base_url, self.vhost, self.smtp = env, base_url, vhost, smtp
         self.producer, self.worker = producer, worker
 
+    def broker(self):
+        """A RabbitMQ broker on the stack's vhost that signs like the stack does."""
+        from shared.broker import build_broker
+        from shared.settings import Settings
+
+        return build_broker(
+            Settings(broker_url=self.vhost.url, signing_key=self.env["SIGNING_KEY"])
+        )
+
     def client(self, token: str):
         from producer.client import BatchClient
 
@@ -119,6 +128,8 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         "BROKER_URL": vhost.url,
         "REDIS_URL": redis_url(),
         "SMTP_URL": smtp.url,
+        "SIGNING_KEY": "test-signing-key-" + uuid.uuid4().hex,
+        "SIGNING_KEY_PREVIOUS": "test-old-signing-key-" + uuid.uuid4().hex,
         "DISPATCH_WINDOW": "200",
         "DELETION_GRACE_SECONDS": "1",
         "SMTP_RATE_PER_SECOND": "500",

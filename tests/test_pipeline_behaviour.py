@@ -8,7 +8,6 @@ import time
 
 import httpx
 import pytest
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import func, select
 
 from producer.client import ApiError
@@ -69,7 +68,7 @@ def test_the_same_message_delivered_twice_has_one_effect(stack, session, school)
         batch = client.submit("add_to_group", {"learner_ids": chosen}, {"group_ids": [group_id]})
         final = client.wait(batch["id"], timeout=120)
 
-    broker = RabbitmqBroker(url=stack.vhost.url)
+    broker = stack.broker()
     publisher = ConfirmedPublisher(broker)
     publisher.publish([item_message("add_to_group", batch["id"], lid) for lid in chosen] * 2)
     publisher.close()

@@ -6,7 +6,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import func, select, update
 
 from producer.schemas import BatchRequest
@@ -23,11 +22,12 @@ from workers.reconcile import reconcile_once
 
 @pytest.fixture
 def reconciler(stack, database_url):
-    broker = RabbitmqBroker(url=stack.vhost.url)
+    broker = stack.broker()
     publisher = ConfirmedPublisher(broker)
     settings = Settings(
         database_url=database_url,
         broker_url=stack.vhost.url,
+        signing_key=stack.env["SIGNING_KEY"],
         stale_after_seconds=1,
         deletion_overdue_seconds=0,
         dispatch_window=200,

@@ -1,0 +1,126 @@
+"""Workers act only on messages signed with the signing key."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import dramatiq
+import httpx
+import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select, update
+
+from producer.schemas import BatchRequest
+from producer.submit import submit
+from shared.actions import Actor
+from shared.dispatch import item_message
+from shared.models import Batch, BatchItem, Learner
+from shared.publish import ConfirmedPublisher
+from shared.seed import seed_school
+from shared.signing import SignMessages, signature, verify
+
+
+def test_signatures_cover_the_message_and_accept_the_previous_key():
+    message = item_message("deactivate_learner", 1, 2)
+    message.options["signature"] = signature("new", message)
+    assert verify(["new", "old"], message) is None
+    tampered = message.copy(args=(1, 3))
+    assert verify(["new", "old"], tampered) == "bad_signature"
+    assert verify(["other"], message) == "bad_signature"
+    assert verify(["new"], item_message("deactivate_learner", 1, 2)) == "unsigned"
+    old = item_message("deactivate_learner", 1, 2)
+    old.options["signature"] = signature("old", old)
+    assert verify(["new", "old"], old) is None
+
+
+def rejected(stack) -> float:
+    url = f"http://127.0.0.1:{stack.env['METRICS_PORT']}/metrics"
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "batch_messages_rejected_total":
+                total += sample.value
+    return total
+
+
+@pytest.fixture
+def parked_batch(session):
+    """A running batch whose items are pending but, as far as dispatch knows,
+    already published: only the messages this test sends will reach them."""
+    seeded = seed_school(session, learners=10, groups=1, courses=1, name="Signed School")
+    victims = list(
+        session.scalars(
+            select(Learner.id)
+            .where(Learner.school_id == seeded.school_id, ~Learner.is_admin)
+            .order_by(Learner.id)
+        )
+    )[:3]
+    request = BatchRequest.model_validate(
+        {"action": "deactivate_learner", "selection": {"learner_ids": victims}}
+    )
+    batch = submit(session, Actor(seeded.school_id, seeded.admin_id), request).batch
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id)
+        .values(dispatch_cursor=max(victims), dispatched_at=batch.created_at + timedelta(days=1))
+    )
+    session.commit()
+    return batch.id, victims
+
+
+def publish(broker, messages):
+    publisher = ConfirmedPublisher(broker)
+    publisher.publish(messages)
+    publisher.close()
+    broker.close()
+
+
+def test_unsigned_and_tampered_messages_are_dead_lettered_and_change_nothing(
+    stack, session, parked_batch
+):
+    batch_id, (first, second, third) = parked_batch
+    dead_before = stack.vhost.queue_depths().get("deactivate_learner.XQ", 0)
+    rejected_before = rejected(stack)
+
+    publish(
+        RabbitmqBroker(url=stack.vhost.url), [item_message("deactivate_learner", batch_id, first)]
+    )
+    signed = item_message("deactivate_learner", batch_id, second)
+    signed.options["signature"] = signature(stack.env["SIGNING_KEY"], signed)
+    forged = dramatiq.Message(**{**signed._asdict(), "args": (batch_id, third)})
+    publish(RabbitmqBroker(url=stack.vhost.url), [forged])
+
+    deadline = time.monotonic() + 30
+    while stack.vhost.queue_depths().get("deactivate_learner.XQ", 0) < dead_before + 2:
+        assert time.monotonic() < deadline, "forged messages did not reach the dead letters"
+        time.sleep(0.2)
+    assert rejected(stack) - rejected_before == 2
+    statuses = set(session.scalars(select(Learner.status).where(Learner.id.in_([first, third]))))
+    assert "deactivated" not in statuses
+    pending = session.scalar(
+        select(func.count()).where(BatchItem.batch_id == batch_id, BatchItem.outcome == "pending")
+    )
+    assert pending == 3
+
+
+def test_a_message_signed_with_the_previous_key_is_still_accepted(stack, session, parked_batch):
+    batch_id, (first, _, _) = parked_batch
+    message = item_message("deactivate_learner", batch_id, first)
+    broker = RabbitmqBroker(url=stack.vhost.url)
+    broker.add_middleware(SignMessages(stack.env["SIGNING_KEY_PREVIOUS"]))
+    publish(broker, [message])
+    deadline = time.monotonic() + 30
+    while True:
+        session.expire_all()
+        outcome = session.scalar(
+            select(BatchItem.outcome).where(
+                BatchItem.batch_id == batch_id, BatchItem.learner_id == first
+            )
+        )
+        if outcome != "pending" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert outcome == "applied"
+    assert session.scalar(select(Learner.status).where(Learner.id == first)) == "deactivated"
