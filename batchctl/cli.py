@@ -82,13 +82,14 @@ def token(
     school_id: int = typer.Option(..., help="The admin's school."),
     learner_id: int = typer.Option(..., help="The admin's learner id."),
     label: str = typer.Option("", help="A note to recognise the token by."),
+    read_only: bool = typer.Option(False, help="Only the batches:read scope."),
 ) -> None:
     """Issue an API token for an admin; it is printed once and stored hashed."""
     from sqlalchemy import select
 
     from shared.db import session_scope
     from shared.models import Learner
-    from shared.tokens import issue_token
+    from shared.tokens import ALL_SCOPES, READ_SCOPE, issue_token
 
     with session_scope() as session:
         admin = session.scalar(
@@ -96,7 +97,8 @@ def token(
         )
         if admin is None or not admin.is_admin:
             _fail(ValueError(f"learner {learner_id} is not an admin of school {school_id}"))
-        typer.echo(issue_token(session, school_id, learner_id, label=label))
+        scopes = READ_SCOPE if read_only else ALL_SCOPES
+        typer.echo(issue_token(session, school_id, learner_id, label=label, scopes=scopes))
 
 
 @app.command()

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from producer.limits import BodySizeLimit
 from producer.routes import router
 from producer.submit import SubmitError
 from shared.broker import get_broker
@@ -55,6 +56,7 @@ def create_app(dispatch: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
 
     @app.exception_handler(SubmitError)
     async def refused(_request: Request, exc: SubmitError) -> JSONResponse:
@@ -62,7 +64,8 @@ def create_app(dispatch: bool = True) -> FastAPI:
             loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
             detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
             return JSONResponse({"detail": detail}, status_code=422)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     collectors = [DatabaseCollector(get_sessionmaker())]
 

@@ -1,27 +1,27 @@
-"""Bearer-token authentication. The token fixes the school and the acting admin."""
+"""Bearer-token authentication and scopes. The token fixes the school and the
+acting admin; tokens are read from the `Authorization` header only."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from producer.deps import get_session
+from producer.limits import request_rate
 from shared.actions import Actor
 from shared.models import ApiToken, Learner, LearnerStatus
-from shared.tokens import hash_token
-
-WRITE_SCOPE = "batches:write"
+from shared.tokens import READ_SCOPE, WRITE_SCOPE, hash_token
 
 
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def current_actor(request: Request, session: Session = Depends(get_session)) -> Actor:
-    """The admin behind `Authorization: Bearer <token>`; tokens anywhere else are ignored."""
+def _authenticate(request: Request, session: Session, scope: str) -> Actor:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
@@ -40,8 +40,22 @@ def current_actor(request: Request, session: Session = Depends(get_session)) -> 
     ).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise _unauthorized("invalid or revoked token")
+    request_rate().check(digest[:32])
     if row.status != LearnerStatus.ACTIVE or not row.is_admin:
         raise HTTPException(403, "this token does not belong to an active admin")
-    if WRITE_SCOPE not in row.scopes.split():
-        raise HTTPException(403, f"this token lacks the {WRITE_SCOPE} scope")
+    scopes = row.scopes.split()
+    # Writing implies reading.
+    if scope not in scopes and not (scope == READ_SCOPE and WRITE_SCOPE in scopes):
+        raise HTTPException(403, f"this token lacks the {scope} scope")
     return Actor(school_id=row.school_id, admin_id=row.id)
+
+
+def requires(scope: str) -> Callable[..., Actor]:
+    def actor(request: Request, session: Session = Depends(get_session)) -> Actor:
+        return _authenticate(request, session, scope)
+
+    return actor
+
+
+reader = requires(READ_SCOPE)
+writer = requires(WRITE_SCOPE)

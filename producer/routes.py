@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from producer.auth import current_actor
+from producer.auth import reader, writer
 from producer.deps import get_session
 from producer.schemas import (
     MAX_ID,
@@ -37,7 +37,8 @@ from shared.models import Batch, BatchItem, Group, Learner, LearnerStatus
 from shared.progress import get_progress
 
 router = APIRouter(prefix="/v1")
-ActorDep = Annotated[Actor, Depends(current_actor)]
+Reader = Annotated[Actor, Depends(reader)]
+Writer = Annotated[Actor, Depends(writer)]
 SessionDep = Annotated[Session, Depends(get_session)]
 Cursor = Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page.")]
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -46,6 +47,7 @@ LearnerIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 ERRORS = {
     401: {"model": Problem, "description": "Missing, invalid or revoked token."},
     403: {"model": Problem, "description": "Not an admin, or the token lacks the scope."},
+    429: {"model": Problem, "description": "Too many requests or running batches; see Retry-After."},
 }
 NOT_FOUND = {404: {"model": Problem, "description": "No such batch in your school."}}
 
@@ -62,9 +64,10 @@ def _batch(session: Session, actor: Actor, batch_id: int) -> Batch:
 @router.post(
     "/batches",
     status_code=202,
-    response_model=BatchView | DryRunView,
+    response_model=BatchView,
     responses={
         **ERRORS,
+        200: {"model": DryRunView, "description": "Dry run: the counts each outcome would have."},
         409: {"model": Problem, "description": "Idempotency-Key reused with another body."},
         413: {"model": Problem, "description": "Too many explicit learner ids."},
     },
@@ -73,7 +76,7 @@ def create_batch(
     body: BatchRequest,
     request: Request,
     response: Response,
-    actor: ActorDep,
+    actor: Writer,
     session: SessionDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
@@ -102,7 +105,7 @@ def create_batch(
 
 
 @router.get("/batches", response_model=BatchList, responses=ERRORS)
-def list_batches(actor: ActorDep, session: SessionDep, cursor: Cursor = None, limit: Limit = 20):
+def list_batches(actor: Reader, session: SessionDep, cursor: Cursor = None, limit: Limit = 20):
     """The school's batches, newest first."""
     query = select(Batch).where(Batch.school_id == actor.school_id)
     if cursor:
@@ -115,7 +118,7 @@ def list_batches(actor: ActorDep, session: SessionDep, cursor: Cursor = None, li
 
 
 @router.get("/batches/{batch_id}", response_model=BatchView, responses={**ERRORS, **NOT_FOUND})
-def get_batch(batch_id: BatchId, actor: ActorDep, session: SessionDep):
+def get_batch(batch_id: BatchId, actor: Reader, session: SessionDep):
     """Status, counts by outcome and reason, percent, rate and ETA."""
     return batch_view(session, _batch(session, actor, batch_id))
 
@@ -123,7 +126,7 @@ def get_batch(batch_id: BatchId, actor: ActorDep, session: SessionDep):
 @router.get("/batches/{batch_id}/items", response_model=ItemPage, responses={**ERRORS, **NOT_FOUND})
 def list_items(
     batch_id: BatchId,
-    actor: ActorDep,
+    actor: Reader,
     session: SessionDep,
     outcome: Annotated[
         str | None, Query(pattern="^(pending|applied|skipped|failed|cancelled)$")
@@ -163,7 +166,7 @@ def list_items(
     response_model=BatchView,
     responses={**ERRORS, **NOT_FOUND, 409: {"model": Problem, "description": "Already finished."}},
 )
-def cancel_batch(batch_id: BatchId, request: Request, actor: ActorDep, session: SessionDep):
+def cancel_batch(batch_id: BatchId, request: Request, actor: Writer, session: SessionDep):
     """Stop starting new learners; unfinished ones end `cancelled`."""
     batch = _batch(session, actor, batch_id)
     if batch.status in FINISHED:
@@ -179,7 +182,7 @@ def cancel_batch(batch_id: BatchId, request: Request, actor: ActorDep, session: 
 
 @router.get("/learners", response_model=LearnerPage, responses=ERRORS)
 def list_learners(
-    actor: ActorDep,
+    actor: Reader,
     session: SessionDep,
     status: Annotated[list[PeopleStatus] | None, Query()] = None,
     group_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -217,7 +220,7 @@ def list_learners(
     response_model=AccessView,
     responses={**ERRORS, 404: {"model": Problem, "description": "No such learner."}},
 )
-def learner_access(learner_id: LearnerIdPath, actor: ActorDep, session: SessionDep):
+def learner_access(learner_id: LearnerIdPath, actor: Reader, session: SessionDep):
     """Courses and learning paths the learner can open right now."""
     status = session.scalar(
         select(Learner.status).where(Learner.id == learner_id, Learner.school_id == actor.school_id)

@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,15 +17,19 @@ from producer.selection import freeze_selection, predict
 from shared.actions import Actor
 from shared.batches import now
 from shared.contract import Action
-from shared.models import Batch, BatchStatus, Course, Group
+from shared.models import Batch, BatchStatus, Course, Group, School
+from shared.settings import get_settings
 
 
 class SubmitError(Exception):
     """A request the API refuses; `status` is the HTTP code, `field` the body path."""
 
-    def __init__(self, status: int, field: str | None, message: str) -> None:
+    def __init__(
+        self, status: int, field: str | None, message: str, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.field, self.message = status, field, message
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -107,6 +111,7 @@ def submit(
         if existing is not None:
             return _replay(existing, digest)
     params = params_for(session, actor, request)
+    _check_running_cap(session, actor)
     try:
         with session.begin_nested():
             batch = Batch(
@@ -131,6 +136,27 @@ def submit(
     batch.total = total
     session.flush()
     return Submitted(batch, not_found=not_found)
+
+
+def _check_running_cap(session: Session, actor: Actor) -> None:
+    """At most MAX_ACTIVE_BATCHES_PER_SCHOOL running at once. The school row is
+    locked so two concurrent submits cannot both take the last place."""
+    cap = get_settings().max_active_batches_per_school
+    session.execute(select(School.id).where(School.id == actor.school_id).with_for_update())
+    running = session.scalar(
+        select(func.count()).where(
+            Batch.school_id == actor.school_id,
+            Batch.status.in_((BatchStatus.PENDING, BatchStatus.RUNNING, BatchStatus.CANCELLING)),
+        )
+    )
+    if running >= cap:
+        raise SubmitError(
+            429,
+            None,
+            f"your school already has {running} batches running (the limit is {cap}); "
+            "wait for one to finish or cancel one",
+            retry_after=30,
+        )
 
 
 def _by_key(session: Session, actor: Actor, key: str) -> Batch | None:

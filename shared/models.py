@@ -313,7 +313,7 @@ class ApiToken(Base):
     learner_id: Mapped[int] = _learner_fk()
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(100), default="")
-    scopes: Mapped[str] = mapped_column(String(200), default="batches:write")
+    scopes: Mapped[str] = mapped_column(String(200), default="batches:read batches:write")
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None]
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     stale_after_seconds: int = Field(default=120, ge=1)
     deletion_overdue_seconds: int = Field(default=300, ge=0)
+    # HTTP API limits.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    api_rate_per_minute: int = Field(default=600, ge=1)
+    max_active_batches_per_school: int = Field(default=10, ge=1)
     # Workers' and the reconciler's Prometheus endpoint. Two worker pools on one
     # host need two ports (each gets its own multiprocess directory too).
     # Transient failures: retries with exponential backoff (milliseconds).

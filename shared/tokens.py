@@ -11,6 +11,9 @@ from sqlalchemy.orm import Session
 from shared.models import ApiToken
 
 PREFIX = "bat_"
+READ_SCOPE = "batches:read"
+WRITE_SCOPE = "batches:write"
+ALL_SCOPES = f"{READ_SCOPE} {WRITE_SCOPE}"
 
 
 def hash_token(token: str) -> str:
@@ -22,7 +25,7 @@ def issue_token(
     school_id: int,
     learner_id: int,
     label: str = "",
-    scopes: str = "batches:write",
+    scopes: str = ALL_SCOPES,
 ) -> str:
     """Store a new token for an admin and return it; it cannot be read back later."""
     token = PREFIX + secrets.token_urlsafe(32)
