@@ -58,6 +58,21 @@ def create_app(dispatch: bool = True) -> FastAPI:
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
 
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette lists only the methods of the one route it matched; a path
+        # such as /v1/batches has a GET route and a POST route.
+        allowed = set()
+        for route in app.routes:
+            methods = getattr(route, "methods", None)
+            if methods and route.path_regex.match(request.url.path):
+                allowed |= methods
+        return JSONResponse(
+            {"detail": "Method Not Allowed"},
+            status_code=405,
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+
     @app.exception_handler(SubmitError)
     async def refused(_request: Request, exc: SubmitError) -> JSONResponse:
         if exc.status == 422:
@@ -67,7 +82,8 @@ def create_app(dispatch: bool = True) -> FastAPI:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
-    collectors = [DatabaseCollector(get_sessionmaker())]
+    # Resolved at scrape time: building the app must not touch the database.
+    collectors = [DatabaseCollector(lambda: get_sessionmaker()())]
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

@@ -40,14 +40,19 @@ router = APIRouter(prefix="/v1")
 Reader = Annotated[Actor, Depends(reader)]
 Writer = Annotated[Actor, Depends(writer)]
 SessionDep = Annotated[Session, Depends(get_session)]
-Cursor = Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page.")]
+Cursor = Annotated[
+    int | None, Query(ge=0, le=MAX_ID, description="`next_cursor` of the previous page.")
+]
 Limit = Annotated[int, Query(ge=1, le=500)]
 BatchId = Annotated[int, Path(ge=1, le=MAX_ID)]
 LearnerIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 ERRORS = {
     401: {"model": Problem, "description": "Missing, invalid or revoked token."},
     403: {"model": Problem, "description": "Not an admin, or the token lacks the scope."},
-    429: {"model": Problem, "description": "Too many requests or running batches; see Retry-After."},
+    429: {
+        "model": Problem,
+        "description": "Too many requests or running batches; see Retry-After.",
+    },
 }
 NOT_FOUND = {404: {"model": Problem, "description": "No such batch in your school."}}
 
@@ -180,7 +185,11 @@ def cancel_batch(batch_id: BatchId, request: Request, actor: Writer, session: Se
     return batch_view(session, batch)
 
 
-@router.get("/learners", response_model=LearnerPage, responses=ERRORS)
+@router.get(
+    "/learners",
+    response_model=LearnerPage,
+    responses={**ERRORS, 404: {"model": Problem, "description": "No such group."}},
+)
 def list_learners(
     actor: Reader,
     session: SessionDep,
