@@ -4,6 +4,7 @@ submit and watch batches, seed, migrate, and the embedded demo."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -171,6 +172,7 @@ def worker(
 @app.command()
 def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -> None:
     """Republish stuck items, finalize overdue deletions, complete batches."""
+    from shared import redaction
     from shared.broker import get_broker
     from shared.db import get_sessionmaker
     from shared.metrics import DatabaseCollector, serve_metrics
@@ -191,6 +193,8 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    redaction.install()
     console.print(f"reconciling every {settings.reconcile_interval_seconds}s")
     reconciler.run(sessions, publisher, settings, sender, stop)
 

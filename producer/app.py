@@ -17,6 +17,7 @@ from sqlalchemy import text
 from producer.limits import BodySizeLimit
 from producer.routes import router
 from producer.submit import SubmitError
+from shared import redaction
 from shared.broker import get_broker
 from shared.db import get_sessionmaker
 from shared.dispatch import DispatchLoop
@@ -43,6 +44,7 @@ def start_dispatcher() -> DispatchLoop:
 def create_app(dispatch: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        redaction.install("uvicorn", "uvicorn.access", "uvicorn.error")
         app.state.dispatcher = start_dispatcher() if dispatch else None
         yield
         if app.state.dispatcher is not None:

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import dramatiq
 
+from shared import redaction
 from shared.broker import get_broker
 from shared.contract import FINALIZE_DELETION_QUEUE, Action
 from shared.settings import get_settings
@@ -21,6 +22,8 @@ from workers.items import _context, process_item, record_failure, sessions
 from workers.mail import InvitationSender
 
 log = logging.getLogger(__name__)
+# Dramatiq has set up this worker process's logging by the time it imports us.
+redaction.install("dramatiq")
 broker = get_broker()
 metrics.install(broker)
 middleware.install(broker)
