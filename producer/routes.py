@@ -73,6 +73,7 @@ def _batch(session: Session, actor: Actor, batch_id: int) -> Batch:
     responses={
         **ERRORS,
         200: {"model": DryRunView, "description": "Dry run: the counts each outcome would have."},
+        400: {"model": Problem, "description": "The body is not JSON."},
         409: {"model": Problem, "description": "Idempotency-Key reused with another body."},
         413: {"model": Problem, "description": "Too many explicit learner ids."},
     },

@@ -148,7 +148,11 @@ def test_another_schools_ids_behave_exactly_like_missing_ids_on_every_route(
     statuses = {k: v[0] for k, v in with_foreign.items()}
     assert statuses["GET /v1/batches/{batch_id}"] == 404
     assert statuses["POST /v1/batches"] == 422  # a group of another school is "no such group"
-    assert session.scalar(select(Batch.status).where(Batch.id == their_batch)) == "running"
+    # The cancel attempt with the wrong school's token changed nothing.
+    assert session.scalar(select(Batch.status).where(Batch.id == their_batch)) in (
+        "running",
+        "completed",
+    )
 
 
 def test_a_worker_finds_another_schools_learner_not_found_and_leaves_it_alone(stack, session):
