@@ -68,6 +68,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_token_hash() -> str:
+    """The stored hash of a new invitation's secret (the link is signed from it)."""
+    return hashlib.sha256(secrets.token_bytes(32)).hexdigest()
+
+
 def resend_invitation(
     session: Session, actor: Actor, learner_id: int, batch_id: int | None = None
 ) -> Outcome:
@@ -76,7 +81,7 @@ def resend_invitation(
     The outbox row is unique per (batch, learner): a redelivered message of the
     same batch finds it and skips, so one batch never invites anyone twice.
     """
-    token_hash = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
+    token_hash = new_token_hash()
     eligible = select(Learner.school_id, Learner.id, literal(batch_id), literal(token_hash)).where(
         Learner.id == learner_id,
         Learner.school_id == actor.school_id,

@@ -7,6 +7,8 @@ so it stays and becomes pseudonymous.
 
 from __future__ import annotations
 
+from functools import cache
+
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
@@ -44,20 +46,49 @@ PURGED_BY_LEARNER = (
 )
 
 
+@cache
+def _purge_statement() -> str:
+    """The purge below as one PostgreSQL statement: lock the learner, delete
+    every row keyed by them and leave the tombstone, only if still `deleting`;
+    answer the status found. One round trip instead of thirteen."""
+    purges = ",\n".join(
+        f"purge_{model.__tablename__} AS (DELETE FROM {model.__tablename__} "
+        "WHERE learner_id IN (SELECT id FROM doomed))"
+        for model in PURGED_BY_LEARNER
+    )
+    return f"""
+WITH target AS (
+    SELECT id, status FROM learners
+    WHERE id = %(learner)s AND (%(school)s::bigint IS NULL OR school_id = %(school)s::bigint)
+    FOR UPDATE
+),
+doomed AS (SELECT id FROM target WHERE status = '{LearnerStatus.DELETING}'),
+{purges},
+tombstone AS (
+    UPDATE learners l
+    SET email = NULL, name = NULL, is_admin = false, status = '{LearnerStatus.DELETED}',
+        deleted_at = now(), deletion_due_at = NULL, updated_at = now(), activated_at = NULL
+    FROM doomed d WHERE l.id = d.id
+)
+SELECT status FROM target"""
+
+
 def finalize_deletion(session: Session, learner_id: int, school_id: int | None = None) -> Outcome:
     """Purge a learner in `deleting`. Safe to run twice and from several
     processes: the learner row is locked first, and a `deleted` learner skips."""
+    if session.get_bind().dialect.name == "postgresql":
+        row = (
+            session.connection()
+            .exec_driver_sql(_purge_statement(), {"learner": learner_id, "school": school_id})
+            .first()
+        )
+        return _purged(None if row is None else row[0])
     query = select(Learner.status).where(Learner.id == learner_id)
     if school_id is not None:
         query = query.where(Learner.school_id == school_id)
     status = session.connection().scalar(query.with_for_update())
-    if status is None:
-        return Outcome.skipped(Reason.NOT_FOUND)
-    if status == LearnerStatus.DELETED:
-        return Outcome.skipped(Reason.ALREADY_DELETED)
     if status != LearnerStatus.DELETING:
-        # Only a learner someone chose to delete is ever purged.
-        return Outcome.failed(f"learner is {status}, not deleting")
+        return _purged(status)
     for model in PURGED_BY_LEARNER:
         session.connection().execute(delete(model).where(model.learner_id == learner_id))
     stamp = now()
@@ -75,4 +106,16 @@ def finalize_deletion(session: Session, learner_id: int, school_id: int | None =
             activated_at=None,
         )
     )
+    return Outcome.applied()
+
+
+def _purged(status: str | None) -> Outcome:
+    """The outcome of a purge that found the learner in `status`."""
+    if status is None:
+        return Outcome.skipped(Reason.NOT_FOUND)
+    if status == LearnerStatus.DELETED:
+        return Outcome.skipped(Reason.ALREADY_DELETED)
+    if status != LearnerStatus.DELETING:
+        # Only a learner someone chose to delete is ever purged.
+        return Outcome.failed(f"learner is {status}, not deleting")
     return Outcome.applied()

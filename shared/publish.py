@@ -20,6 +20,7 @@ import dramatiq
 import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import Middleware
 from pika import spec
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ConfirmedPublisher:
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._next_tag = 0
+        self._confirmed_through = 0
         self._unconfirmed: set[int] = set()
         self._rejected = 0
         self._declared: set[str] = set()
@@ -82,19 +84,26 @@ class ConfirmedPublisher:
             self._connection.process_data_events(time_limit=0.1)
         self._channel = channel
         self._next_tag = 0
+        self._confirmed_through = 0
         self._unconfirmed.clear()
         self._rejected = 0
         return channel
 
     def _on_confirm(self, frame) -> None:
         method = frame.method
+        tag = method.delivery_tag
         if method.multiple:
-            confirmed = {tag for tag in self._unconfirmed if tag <= method.delivery_tag}
+            # Tags are consecutive: walk up from the last multiple confirm
+            # rather than scan every unconfirmed tag (quadratic in the window).
+            confirmed = range(self._confirmed_through + 1, tag + 1)
+            self._confirmed_through = max(self._confirmed_through, tag)
         else:
-            confirmed = {method.delivery_tag}
-        if isinstance(method, spec.Basic.Nack):
-            self._rejected += len(confirmed & self._unconfirmed)
-        self._unconfirmed -= confirmed
+            confirmed = (tag,)
+        nack = isinstance(method, spec.Basic.Nack)
+        for each in confirmed:
+            if each in self._unconfirmed:
+                self._unconfirmed.discard(each)
+                self._rejected += nack
 
     def _on_return(self, _channel, _method, _properties, _body) -> None:
         # Unroutable (mandatory): the queue vanished. RabbitMQ still acks it.
@@ -116,15 +125,22 @@ class ConfirmedPublisher:
         channel = self._connect()
         connection = self._connection
         rejected_before = self._rejected
+        persistent = pika.BasicProperties(delivery_mode=2)
+        before, after = (
+            _hooked(self.broker, "before_enqueue"),
+            _hooked(self.broker, "after_enqueue"),
+        )
         for message in messages:
-            self.broker.emit_before("enqueue", message, None)
+            if before:
+                self.broker.emit_before("enqueue", message, None)
+            priority = message.options.get("broker_priority")
             channel.basic_publish(
                 exchange="",
                 routing_key=message.queue_name,
                 body=message.encode(),
-                properties=pika.BasicProperties(
-                    delivery_mode=2, priority=message.options.get("broker_priority")
-                ),
+                properties=persistent
+                if priority is None
+                else pika.BasicProperties(delivery_mode=2, priority=priority),
                 mandatory=True,
             )
             self._next_tag += 1
@@ -138,8 +154,9 @@ class ConfirmedPublisher:
             connection.process_data_events(time_limit=0.05)
         if self._rejected != rejected_before:
             raise PublishError(f"RabbitMQ rejected {self._rejected - rejected_before} messages")
-        for message in messages:
-            self.broker.emit_after("enqueue", message, None)
+        if after:
+            for message in messages:
+                self.broker.emit_after("enqueue", message, None)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -147,6 +164,12 @@ class ConfirmedPublisher:
                 self._connection.close()
         self._connection = None
         self._channel = None
+
+
+def _hooked(broker: dramatiq.Broker, hook: str) -> bool:
+    """Whether any middleware of the broker does something on `hook`: when
+    none does, emitting it per message only calls no-ops."""
+    return any(getattr(type(m), hook) is not getattr(Middleware, hook) for m in broker.middleware)
 
 
 def publisher_for(broker: dramatiq.Broker) -> Publisher:

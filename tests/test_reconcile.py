@@ -79,7 +79,7 @@ def test_items_whose_messages_were_lost_are_republished_and_finish(stack, sessio
     )
     session.commit()
 
-    published = reconciler().published
+    reconciler()
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -87,7 +87,8 @@ def test_items_whose_messages_were_lost_are_republished_and_finish(stack, sessio
         if session.scalar(select(Batch.status).where(Batch.id == batch.id)) == "completed":
             break
         time.sleep(0.3)
-    assert published >= batch.total - 1
+    # Whichever republished first (this pass or the running producer's own
+    # loop, which reconciles stale batches too), every lost item finished.
     assert session.scalar(select(Batch.status).where(Batch.id == batch.id)) == "completed"
     members = session.scalar(select(func.count()).where(GroupMembership.group_id == group_id))
     assert members == 301

@@ -1,6 +1,12 @@
 """The per-learner hot path: claim the item, apply the action, record the
 outcome and the audit row, in one short transaction; then count progress.
 
+On PostgreSQL that transaction is one statement (`workers.statements`): one
+round trip per learner. The generic path below, with the domain functions of
+`shared.actions`, runs on SQLite (the embedded mode) and for an admin acting
+on themselves. Progress is counted in memory and sent to Redis in one
+pipeline per process every 100 ms (`shared.progress.ProgressBuffer`).
+
 A redelivered message finds its item no longer pending and does nothing. A
 batch that is not running (cancelling, cancelled) starts no new learner.
 """
@@ -8,6 +14,7 @@ batch that is not running (cancelling, cancelled) starts no new learner.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -20,15 +27,17 @@ from shared.actions import (
     add_to_group,
     deactivate_learner,
     delete_learner,
+    new_token_hash,
     resend_invitation,
 )
 from shared.batches import BatchContext, complete_if_finished, load_context, now
 from shared.contract import Action
-from shared.db import get_sessionmaker
+from shared.db import get_engine, get_sessionmaker
 from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.outcomes import Outcome
-from shared.progress import get_progress
+from shared.progress import NoProgress, ProgressBuffer, get_progress
 from shared.settings import get_settings
+from workers import statements
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,20 @@ def _context(batch_id: int) -> BatchContext | None:
 
 def sessions() -> sessionmaker[Session]:
     return get_sessionmaker()
+
+
+@lru_cache(maxsize=1024)
+def _one_statement(batch_id: int) -> statements.Prepared | None:
+    """The batch's single-statement path, or None where the generic path runs."""
+    ctx = _context(batch_id)
+    if ctx is None or get_engine().dialect.name != "postgresql":
+        return None
+    return statements.prepare(ctx, get_settings().deletion_grace_seconds)
+
+
+@lru_cache(maxsize=4)
+def _connections(database_url: str) -> statements.Connections:
+    return statements.Connections(database_url)
 
 
 def claim_item(session: Session, batch_id: int, learner_id: int) -> bool:
@@ -131,11 +154,19 @@ def process_item(batch_id: int, learner_id: int) -> Outcome | None:
     ctx = _context(batch_id)
     if ctx is None:
         return None
-    with sessions()() as session, session.begin():
-        if not claim_item(session, batch_id, learner_id):
+    prepared = _one_statement(batch_id)
+    if prepared is not None and statements.uses_one_statement(ctx, learner_id):
+        token = new_token_hash() if ctx.action == Action.RESEND_INVITATION else None
+        connections = _connections(get_settings().database_url)
+        outcome = statements.run(connections, prepared, learner_id, token)
+        if outcome is None:
             return None
-        outcome = APPLY[ctx.action](session, ctx, learner_id)
-        record_outcome(session, ctx, learner_id, outcome)
+    else:
+        with sessions()() as session, session.begin():
+            if not claim_item(session, batch_id, learner_id):
+                return None
+            outcome = APPLY[ctx.action](session, ctx, learner_id)
+            record_outcome(session, ctx, learner_id, outcome)
     count_progress(ctx, outcome)
     return outcome
 
@@ -153,10 +184,33 @@ def record_failure(batch_id: int, learner_id: int, error: str) -> Outcome | None
     return outcome
 
 
-def count_progress(ctx: BatchContext, outcome: Outcome) -> None:
-    """Count in Redis; the item that brings the count to the total completes
-    the batch. Without Redis, the dispatcher completes it from the database."""
-    done = get_progress().record(ctx.batch_id, outcome.label)
-    if done is not None and done >= ctx.total:
+_buffer: ProgressBuffer | None = None
+_buffer_lock = threading.Lock()
+
+
+def _progress_buffer() -> ProgressBuffer | None:
+    global _buffer
+    if _buffer is None:
+        progress = get_progress()
+        if isinstance(progress, NoProgress):
+            return None
+        with _buffer_lock:
+            if _buffer is None:
+                _buffer = ProgressBuffer(progress, _complete_when_counted)
+    return _buffer
+
+
+def _complete_when_counted(batch_id: int, done: int) -> None:
+    ctx = _context(batch_id)
+    if ctx is not None and done >= ctx.total:
         with sessions()() as session, session.begin():
-            complete_if_finished(session, ctx.batch_id)
+            complete_if_finished(session, batch_id)
+
+
+def count_progress(ctx: BatchContext, outcome: Outcome) -> None:
+    """Count in Redis (buffered); the flush that brings the count to the total
+    completes the batch. Without Redis, the dispatcher completes it from the
+    database."""
+    buffer = _progress_buffer()
+    if buffer is not None:
+        buffer.record(ctx.batch_id, outcome.label)

@@ -1,13 +1,16 @@
 """Invitation delivery from the outbox.
 
 The guarantee: at most one email per learner per batch. The invitation row is
-marked `sending_at` and committed *before* the SMTP conversation, and
-`sent_at` after it; a row already marked sending is never sent again. So a
-worker that dies between sending and committing cannot cause a second email;
-the cost is that such an invitation (rare, counted by the reconciler) may not
-have gone out, and a new batch is how an admin resends it. A transient SMTP
-failure before the server accepted the message clears the mark, so the
-message retries and the email goes out later.
+marked `sending_at` and committed once the SMTP server has accepted sender
+and recipient and *before* the message itself (DATA) is handed over, and
+`sent_at` after the server accepted it; a row already marked is never sent
+again. So a worker that dies between handing the message over and recording
+it cannot cause a second email. The price is a row left in doubt (marked, not
+sent) when a worker dies during DATA: that invitation may not have gone out,
+and a new batch is how an admin resends it. Everything before DATA (rate
+limit, connection, MAIL, RCPT) happens unmarked, so a crash there costs
+nothing: the redelivered message sends the email. A server that refuses the
+message for now (4xx) clears the mark, so the message retries.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hmac
 import smtplib
 import threading
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Protocol
 from urllib.parse import urlparse
@@ -38,7 +42,9 @@ RATE_LIMIT_WAIT_SECONDS = 30
 
 
 class Mailer(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: EmailMessage, commit: Callable[[], bool]) -> bool:
+        """Hand the message over unless `commit()`, called at the last moment
+        before that, returns False. True when it was handed over."""
 
 
 class SmtpMailer:
@@ -63,12 +69,42 @@ class SmtpMailer:
             self.local.client = client
         return client
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, commit: Callable[[], bool]) -> bool:
+        sender, recipient = message["From"], message["To"]
         try:
-            self._client().send_message(message)
+            client = self._client()
+            client.ehlo_or_helo_if_needed()
+            code, reply = client.mail(sender)
+            if code != 250:
+                self._reset(client)
+                raise smtplib.SMTPSenderRefused(code, reply, sender)
+            code, reply = client.rcpt(recipient)
+            if code not in (250, 251):
+                self._reset(client)
+                raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+            try:
+                committed = commit()
+            except BaseException:
+                self._reset(client)
+                raise
+            if not committed:
+                self._reset(client)
+                return False
+            code, reply = client.data(message.as_bytes(policy=message.policy.clone(linesep="\r\n")))
+            if code != 250:
+                self._reset(client)
+                raise smtplib.SMTPDataError(code, reply)
         except (smtplib.SMTPServerDisconnected, OSError):
             self.local.client = None
             raise
+        return True
+
+    def _reset(self, client: smtplib.SMTP) -> None:
+        """Abandon the SMTP transaction; drop the connection if that fails too."""
+        try:
+            client.rset()
+        except (smtplib.SMTPException, OSError):
+            self.local.client = None
 
 
 class MailboxMailer:
@@ -77,10 +113,13 @@ class MailboxMailer:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, commit: Callable[[], bool]) -> bool:
+        if not commit():
+            return False
         with open(self.path, "a", encoding="utf-8") as mailbox:
             fcntl.flock(mailbox, fcntl.LOCK_EX)
             mailbox.write(f"From batch-actions {time.ctime()}\n{message.as_string()}\n")
+        return True
 
 
 class LocalRateLimiter:
@@ -159,20 +198,7 @@ class InvitationSender:
 
     def deliver(self, invitation_id: int) -> bool:
         """Send one outbox invitation unless it is sent or being sent. True if sent now."""
-        with self.sessions() as session, session.begin():
-            marked = (
-                session.connection()
-                .execute(
-                    update(Invitation)
-                    .where(
-                        Invitation.id == invitation_id,
-                        Invitation.sending_at.is_(None),
-                        Invitation.sent_at.is_(None),
-                    )
-                    .values(sending_at=now(), attempts=Invitation.attempts + 1)
-                )
-                .rowcount
-            )
+        with self.sessions() as session:
             row = session.execute(
                 select(
                     Learner.email,
@@ -183,24 +209,36 @@ class InvitationSender:
                 )
                 .join(Learner, Learner.id == Invitation.learner_id)
                 .join(School, School.id == Invitation.school_id)
-                .where(Invitation.id == invitation_id)
+                .where(
+                    Invitation.id == invitation_id,
+                    Invitation.sending_at.is_(None),
+                    Invitation.sent_at.is_(None),
+                )
             ).first()
-        if not marked or row is None:
+        if row is None:
             return False
         if row.status != LearnerStatus.INVITED or not row.email:
-            self._mark_sent(invitation_id)  # activated or removed since: nothing to send
+            self._mark(invitation_id, sent=True)  # activated or removed since: nothing to send
             return False
+        self.rate.wait()
+        message = invitation_email(
+            self.settings, row.email, row.name or "", row.school, row.token_hash
+        )
+        marked = False
+
+        def mark() -> bool:
+            nonlocal marked
+            marked = self._mark(invitation_id)
+            return marked
+
         try:
-            self.rate.wait()
-            self.mailer.send(
-                invitation_email(
-                    self.settings, row.email, row.name or "", row.school, row.token_hash
-                )
-            )
+            if not self.mailer.send(message, mark):
+                return False  # another worker (or the reconciler) has it
         except Exception as exc:
-            accepted = isinstance(exc, smtplib.SMTPRecipientsRefused)
-            if is_transient(exc) and not accepted:
-                self._unmark(invitation_id)
+            if not marked and not is_transient(exc):
+                self._mark(invitation_id)  # refused for good: never try again
+            elif marked and _refused_for_now(exc):
+                self._unmark(invitation_id)  # the server did not take it: retry
             raise
         self._mark_sent(invitation_id)
         return True
@@ -216,6 +254,28 @@ class InvitationSender:
             )
         return invitation_id is not None and self.deliver(invitation_id)
 
+    def _mark(self, invitation_id: int, sent: bool = False) -> bool:
+        """Mark an unmarked row as being sent (and sent, with `sent`)."""
+        stamp = now()
+        with self.sessions() as session, session.begin():
+            return bool(
+                session.connection()
+                .execute(
+                    update(Invitation)
+                    .where(
+                        Invitation.id == invitation_id,
+                        Invitation.sending_at.is_(None),
+                        Invitation.sent_at.is_(None),
+                    )
+                    .values(
+                        sending_at=stamp,
+                        sent_at=stamp if sent else None,
+                        attempts=Invitation.attempts + 1,
+                    )
+                )
+                .rowcount
+            )
+
     def _mark_sent(self, invitation_id: int) -> None:
         with self.sessions() as session, session.begin():
             session.execute(
@@ -227,3 +287,9 @@ class InvitationSender:
             session.execute(
                 update(Invitation).where(Invitation.id == invitation_id).values(sending_at=None)
             )
+
+
+def _refused_for_now(exc: BaseException) -> bool:
+    """The server answered the message itself with a temporary refusal: it
+    did not take it. (A dropped connection during DATA leaves it in doubt.)"""
+    return isinstance(exc, smtplib.SMTPDataError) and 400 <= exc.smtp_code < 500

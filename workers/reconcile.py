@@ -7,7 +7,8 @@ Each pass, safe to run in several replicas at once:
   `STALE_AFTER_SECONDS` (a lost message, a dead producer);
 - finalizes deletions more than `DELETION_OVERDUE_SECONDS` past due (a lost
   `finalize_deletion` message), well within the one-hour promise;
-- sends outbox invitations nobody picked up.
+- sends outbox invitations nobody picked up within `STALE_AFTER_SECONDS`
+  (their message was acked without a delivery attempt, e.g. given up on).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from shared.dispatch import tick
 from shared.models import Invitation
 from shared.publish import Publisher
 from shared.settings import Settings
-from workers.deletion import finalize_learner, overdue_deletions
+from workers.deletion import finalize_overdue
 from workers.errors import describe
 from workers.mail import InvitationSender
 
 log = logging.getLogger(__name__)
-UNSENT_AFTER = timedelta(minutes=2)
+# Overdue purges are set-based, 2,000 learners a transaction; a pass does at
+# most this many chunks, so a huge backlog does not hold up the other duties.
+FINALIZE_CHUNKS_PER_PASS = 25
 
 
 @dataclass
@@ -47,17 +50,14 @@ def reconcile_once(
     sender: InvitationSender | None = None,
 ) -> Pass:
     result = Pass()
-    result.published = tick(
-        sessions,
-        publisher,
-        settings.dispatch_window,
-        stale_after=timedelta(seconds=settings.stale_after_seconds),
-    )
-    for school_id, learner_id in overdue_deletions(
-        sessions, timedelta(seconds=settings.deletion_overdue_seconds)
-    ):
-        if finalize_learner(sessions, school_id, learner_id).kind == "applied":
-            result.finalized += 1
+    stale_after = timedelta(seconds=settings.stale_after_seconds)
+    result.published = tick(sessions, publisher, settings.dispatch_window, stale_after=stale_after)
+    overdue = timedelta(seconds=settings.deletion_overdue_seconds)
+    for _ in range(FINALIZE_CHUNKS_PER_PASS):
+        finalized = finalize_overdue(sessions, overdue)
+        result.finalized += finalized
+        if not finalized:
+            break
     if sender is not None:
         with sessions() as session:
             unsent = session.scalars(
@@ -65,7 +65,7 @@ def reconcile_once(
                 .where(
                     Invitation.sending_at.is_(None),
                     Invitation.sent_at.is_(None),
-                    Invitation.created_at < now() - UNSENT_AFTER,
+                    Invitation.created_at < now() - stale_after,
                 )
                 .limit(200)
             ).all()
