@@ -89,12 +89,19 @@ def finalize_deletion(session: Session, learner_id: int, school_id: int | None =
     status = session.connection().scalar(query.with_for_update())
     if status != LearnerStatus.DELETING:
         return _purged(status)
+    purge_learners(session, [learner_id])
+    return Outcome.applied()
+
+
+def purge_learners(session: Session, learner_ids: list[int]) -> None:
+    """Delete every row keyed by these learners and leave tombstones. The
+    caller has locked the learner rows and checked they are `deleting`."""
     for model in PURGED_BY_LEARNER:
-        session.connection().execute(delete(model).where(model.learner_id == learner_id))
+        session.connection().execute(delete(model).where(model.learner_id.in_(learner_ids)))
     stamp = now()
     session.connection().execute(
         update(Learner)
-        .where(Learner.id == learner_id)
+        .where(Learner.id.in_(learner_ids))
         .values(
             email=None,
             name=None,
@@ -106,7 +113,6 @@ def finalize_deletion(session: Session, learner_id: int, school_id: int | None =
             activated_at=None,
         )
     )
-    return Outcome.applied()
 
 
 def _purged(status: str | None) -> Outcome:

@@ -3,8 +3,7 @@
 Each broken case copies deploy/ to a temporary directory, breaks one file the
 way a careless edit would, and checks that validate.sh exits 1 *and* that the
 validator meant to catch it is the one that failed. The validators come from
-deploy/install-tools.sh; without them these tests skip, unless
-REQUIRE_DEPLOY_TOOLS=1 (CI), where a missing tool is a failure.
+deploy/install-tools.sh (`make test` installs them); a missing one fails.
 """
 
 from __future__ import annotations
@@ -35,12 +34,11 @@ def run_validate(deploy_dir: Path, **env: str) -> subprocess.CompletedProcess[st
     )
 
 
-def skip_if_tools_missing(proc: subprocess.CompletedProcess[str]) -> None:
+def fail_if_tools_missing(proc: subprocess.CompletedProcess[str]) -> None:
     if proc.returncode == TOOLS_MISSING:
-        message = f"deploy validators missing, run deploy/install-tools.sh: {proc.stderr.strip()}"
-        if os.environ.get("REQUIRE_DEPLOY_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(
+            f"deploy validators missing, run deploy/install-tools.sh: {proc.stderr.strip()}"
+        )
 
 
 def failed_steps(output: str) -> list[str]:
@@ -49,7 +47,7 @@ def failed_steps(output: str) -> list[str]:
 
 def test_deploy_files_are_valid() -> None:
     proc = run_validate(DEPLOY)
-    skip_if_tools_missing(proc)
+    fail_if_tools_missing(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout
 
@@ -206,6 +204,6 @@ def test_broken_deploy_file_fails_validation(
     broken_runs: dict[str, subprocess.CompletedProcess[str]], case: str, step: str
 ) -> None:
     proc = broken_runs[case]
-    skip_if_tools_missing(proc)
+    fail_if_tools_missing(proc)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert any(failed.startswith(step) for failed in failed_steps(proc.stdout)), proc.stdout

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import now
-from shared.erasure import PURGED_BY_LEARNER, finalize_deletion
+from shared.erasure import finalize_deletion, purge_learners
 from shared.models import AuditEntry, Learner, LearnerStatus
 from shared.outcomes import Outcome
 
@@ -56,23 +56,7 @@ def finalize_overdue(sessions: sessionmaker[Session], slack: timedelta, limit: i
         if not rows:
             return 0
         ids = [row.id for row in rows]
-        for model in PURGED_BY_LEARNER:
-            session.execute(delete(model).where(model.learner_id.in_(ids)))
-        stamp = now()
-        session.execute(
-            update(Learner)
-            .where(Learner.id.in_(ids))
-            .values(
-                email=None,
-                name=None,
-                is_admin=False,
-                status=LearnerStatus.DELETED,
-                deleted_at=stamp,
-                deletion_due_at=None,
-                updated_at=stamp,
-                activated_at=None,
-            )
-        )
+        purge_learners(session, ids)
         session.execute(
             insert(AuditEntry),
             [
