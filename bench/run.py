@@ -315,10 +315,12 @@ class Bench:
         # ConfirmedPublisher (every message confirmed) - as dispatch_step does.
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+        from shared.broker import SMALL_BATCH_PRIORITY
         from shared.dispatch import item_message
         from shared.publish import ConfirmedPublisher
 
-        broker = RabbitmqBroker(url=self.vhost.url)
+        # Declared as the product's queues are (priority queues).
+        broker = RabbitmqBroker(url=self.vhost.url, max_priority=SMALL_BATCH_PRIORITY)
         publisher = ConfirmedPublisher(broker)
         window = self.args.window or 2000
         school = self.school["school_id"]

@@ -10,14 +10,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import (
-    AgeLimit,
-    Callbacks,
-    CurrentMessage,
-    Pipelines,
-    ShutdownNotifications,
-    TimeLimit,
-)
+from dramatiq.middleware import AgeLimit, CurrentMessage, ShutdownNotifications, TimeLimit
 
 from shared.settings import Settings, get_settings
 from shared.signing import SignMessages
@@ -25,25 +18,36 @@ from shared.signing import SignMessages
 # A learner takes milliseconds; a minute means something is stuck, and the
 # worker's graceful-shutdown period in deploy/ is sized to match.
 LEARNER_TIME_LIMIT_MS = 60_000
+# Every queue is a RabbitMQ priority queue with two levels: batches that fit in
+# one dispatch window are published at 1, ahead of big ones (see
+# `shared.dispatch.priority_for`). `x-max-priority` is fixed when a queue is
+# declared: queues declared without it must be drained and deleted once
+# (docs/OPERATIONS.md, "Upgrading to priority queues").
+SMALL_BATCH_PRIORITY = 1
 
 
 def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
     """A broker with our middleware stack. Retries and the item bookkeeping are
-    added by `workers.middleware` so the producer does not import worker code."""
+    added by `workers.middleware` so the producer does not import worker code.
+    No actor uses callbacks or pipelines, so their middleware is left out: each
+    middleware's hooks run for every message."""
     settings = settings or get_settings()
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS),
         ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
         CurrentMessage(),
     ]
     if settings.signing_key:
         # First in the list: its before_process_message runs before any other.
         middleware.insert(0, SignMessages(settings.signing_key, settings.signing_key_previous))
     if settings.broker_url.startswith("amqp"):
-        return RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
+        return RabbitmqBroker(
+            url=settings.broker_url,
+            confirm_delivery=True,
+            max_priority=SMALL_BATCH_PRIORITY,
+            middleware=middleware,
+        )
     return StubBroker(middleware=middleware)
 
 

@@ -125,7 +125,7 @@ class ConfirmedPublisher:
         channel = self._connect()
         connection = self._connection
         rejected_before = self._rejected
-        persistent = pika.BasicProperties(delivery_mode=2)
+        properties = {None: pika.BasicProperties(delivery_mode=2)}
         before, after = (
             _hooked(self.broker, "before_enqueue"),
             _hooked(self.broker, "after_enqueue"),
@@ -134,13 +134,13 @@ class ConfirmedPublisher:
             if before:
                 self.broker.emit_before("enqueue", message, None)
             priority = message.options.get("broker_priority")
+            if priority not in properties:
+                properties[priority] = pika.BasicProperties(delivery_mode=2, priority=priority)
             channel.basic_publish(
                 exchange="",
                 routing_key=message.queue_name,
                 body=message.encode(),
-                properties=persistent
-                if priority is None
-                else pika.BasicProperties(delivery_mode=2, priority=priority),
+                properties=properties[priority],
                 mandatory=True,
             )
             self._next_tag += 1

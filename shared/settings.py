@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # how late a purge may be before the reconciler does it itself.
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     stale_after_seconds: int = Field(default=120, ge=1)
-    deletion_overdue_seconds: int = Field(default=300, ge=0)
+    deletion_overdue_seconds: int = Field(default=30, ge=0)
     # HTTP API limits.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     api_rate_per_minute: int = Field(default=600, ge=1)

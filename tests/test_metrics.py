@@ -153,7 +153,14 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported_with_the_batch_va
     deleting = session.scalar(select(func.count()).where(Learner.status == "deleting"))
     assert value(producer, "deletions_pending") == deleting
     assert value(producer, "batches_active", action="add_to_course") == 0
-    assert value(rabbit, "rabbitmq_detailed_queue_consumers", queue="add_to_course") >= 1
+    # RabbitMQ refreshes queue statistics on a timer (collect_statistics_interval,
+    # 5 s), so a consumer can be missing from one scrape: give it two intervals.
+    deadline = time.monotonic() + 12
+    while value(rabbit, "rabbitmq_detailed_queue_consumers", queue="add_to_course") < 1:
+        consumers = {k: v for k, v in rabbit.items() if k[0] == "rabbitmq_detailed_queue_consumers"}
+        assert time.monotonic() < deadline, f"no add_to_course consumer: {consumers}"
+        time.sleep(1)
+        rabbit = scrape(rabbit_metrics)
     leaked = [
         key
         for key in list(worker) + list(producer)

@@ -15,11 +15,18 @@ from sqlalchemy import func, select, update
 from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor
+from shared.broker import SMALL_BATCH_PRIORITY
 from shared.dispatch import item_message
 from shared.models import Batch, BatchItem, Learner
 from shared.publish import ConfirmedPublisher
 from shared.seed import seed_school
 from shared.signing import SignMessages, signature, verify
+
+
+def bare_broker(stack) -> RabbitmqBroker:
+    """A broker without our signing middleware (an outsider's publisher); its
+    queues must be declared as ours are, priority included."""
+    return RabbitmqBroker(url=stack.vhost.url, max_priority=SMALL_BATCH_PRIORITY)
 
 
 def test_signatures_cover_the_message_and_accept_the_previous_key():
@@ -84,13 +91,11 @@ def test_unsigned_and_tampered_messages_are_dead_lettered_and_change_nothing(
     dead_before = stack.vhost.queue_depths().get("deactivate_learner.XQ", 0)
     rejected_before = rejected(stack)
 
-    publish(
-        RabbitmqBroker(url=stack.vhost.url), [item_message("deactivate_learner", batch_id, first)]
-    )
+    publish(bare_broker(stack), [item_message("deactivate_learner", batch_id, first)])
     signed = item_message("deactivate_learner", batch_id, second)
     signed.options["signature"] = signature(stack.env["SIGNING_KEY"], signed)
     forged = dramatiq.Message(**{**signed._asdict(), "args": (batch_id, third)})
-    publish(RabbitmqBroker(url=stack.vhost.url), [forged])
+    publish(bare_broker(stack), [forged])
 
     deadline = time.monotonic() + 30
     while stack.vhost.queue_depths().get("deactivate_learner.XQ", 0) < dead_before + 2:
@@ -108,7 +113,7 @@ def test_unsigned_and_tampered_messages_are_dead_lettered_and_change_nothing(
 def test_a_message_signed_with_the_previous_key_is_still_accepted(stack, session, parked_batch):
     batch_id, (first, _, _) = parked_batch
     message = item_message("deactivate_learner", batch_id, first)
-    broker = RabbitmqBroker(url=stack.vhost.url)
+    broker = bare_broker(stack)
     broker.add_middleware(SignMessages(stack.env["SIGNING_KEY_PREVIOUS"]))
     publish(broker, [message])
     deadline = time.monotonic() + 30
