@@ -10,7 +10,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, CurrentMessage, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import TimeLimit
 
 from shared.settings import Settings, get_settings
 from shared.signing import SignMessages
@@ -29,15 +29,12 @@ SMALL_BATCH_PRIORITY = 1
 def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
     """A broker with our middleware stack. Retries and the item bookkeeping are
     added by `workers.middleware` so the producer does not import worker code.
-    No actor uses callbacks or pipelines, so their middleware is left out: each
-    middleware's hooks run for every message."""
+    Dramatiq's other default middleware (age limits, callbacks, pipelines,
+    shutdown notifications, current message) serve options no actor of ours
+    uses, so they are left out: Dramatiq calls every middleware's hooks for
+    every message."""
     settings = settings or get_settings()
-    middleware = [
-        AgeLimit(),
-        TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS),
-        ShutdownNotifications(),
-        CurrentMessage(),
-    ]
+    middleware = [TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS)]
     if settings.signing_key:
         # First in the list: its before_process_message runs before any other.
         middleware.insert(0, SignMessages(settings.signing_key, settings.signing_key_previous))
