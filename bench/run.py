@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import signal
 import subprocess
 import sys
@@ -215,6 +216,8 @@ class Bench:
             "DELETION_GRACE_SECONDS": str(self.args.grace),
             "METRICS_PORT": str(self.metrics_port),
             "PROMETHEUS_MULTIPROC_DIR": str(self.logs / "prom"),
+            # Signed messages, as deployed (deploy/ requires SIGNING_KEY).
+            "SIGNING_KEY": os.environ.get("SIGNING_KEY") or secrets.token_hex(32),
         }
         if self.args.window:
             self.env["DISPATCH_WINDOW"] = str(self.args.window)
@@ -313,14 +316,19 @@ class Bench:
 
         # The dispatch path: keyset query for the next window, then
         # ConfirmedPublisher (every message confirmed) - as dispatch_step does.
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        from shared.broker import SMALL_BATCH_PRIORITY
+        from shared.broker import build_broker
         from shared.dispatch import item_message
         from shared.publish import ConfirmedPublisher
+        from shared.settings import Settings
 
-        # Declared as the product's queues are (priority queues).
-        broker = RabbitmqBroker(url=self.vhost.url, max_priority=SMALL_BATCH_PRIORITY)
+        # The product's broker: priority queues, messages signed.
+        broker = build_broker(
+            Settings(
+                broker_url=self.vhost.url,
+                database_url=self.database_url,
+                signing_key=self.env["SIGNING_KEY"],
+            )
+        )
         publisher = ConfirmedPublisher(broker)
         window = self.args.window or 2000
         school = self.school["school_id"]
