@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -57,6 +59,12 @@ def test_add_to_group_end_to_end(stack, session, big_school):
         )
         final = client.wait(batch["id"], timeout=120)
         failed = list(client.items(batch["id"], outcome="failed"))
+    # Every message is acked once its learner is done (workers/acks.py): RabbitMQ
+    # holds none of them, ready or unacknowledged, to deliver again.
+    deadline = time.monotonic() + 15
+    while left := stack.vhost.queue_depths().get("add_to_group", 0):
+        assert time.monotonic() < deadline, f"{left} add_to_group messages never acked"
+        time.sleep(0.5)
 
     selected = set(ids_of(session, big_school.school_id)) | {big_school.admin_id}
     assert final["status"] == "completed"

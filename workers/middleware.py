@@ -20,6 +20,7 @@ from shared.contract import FINALIZE_DELETION_QUEUE, Action
 from shared.progress import get_redis, namespace
 from shared.settings import get_settings
 from shared.signing import SignMessages, verify
+from workers.acks import queue_acks
 from workers.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
@@ -310,3 +311,4 @@ def install(broker: dramatiq.Broker) -> None:
     broker.add_middleware(ScrubTraceback())
     if isinstance(broker, RabbitmqBroker):
         screen_undecodable(broker)
+        queue_acks(broker)
