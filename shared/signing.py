@@ -26,6 +26,9 @@ VERSION = "v1"
 
 
 def _payload(message: dramatiq.Message) -> bytes:
+    # A worker's MessageProxy forwards every attribute through __getattr__;
+    # read the message it wraps instead (this runs for every delivery).
+    message = getattr(message, "_message", message)
     # The queue is left out: Dramatiq moves delayed messages between queues.
     return json.dumps(
         [
@@ -42,8 +45,11 @@ def _payload(message: dramatiq.Message) -> bytes:
 
 
 def signature(key: str, message: dramatiq.Message) -> str:
-    digest = hmac.new(key.encode(), _payload(message), hashlib.sha256).hexdigest()
-    return f"{VERSION}:{digest}"
+    return _sign(key, _payload(message))
+
+
+def _sign(key: str, payload: bytes) -> str:
+    return f"{VERSION}:{hmac.digest(key.encode(), payload, hashlib.sha256).hex()}"
 
 
 def verify(keys: list[str], message: dramatiq.Message) -> str | None:
@@ -51,7 +57,8 @@ def verify(keys: list[str], message: dramatiq.Message) -> str | None:
     given = message.options.get(OPTION)
     if not isinstance(given, str):
         return "unsigned"
-    if any(hmac.compare_digest(given, signature(key, message)) for key in keys):
+    payload = _payload(message)
+    if any(hmac.compare_digest(given, _sign(key, payload)) for key in keys):
         return None
     return "bad_signature"
 
