@@ -5,6 +5,7 @@ producer and worker processes started the way `batchctl` starts them."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,10 +24,27 @@ RABBIT = "amqp://guest:guest@127.0.0.1:5672"
 REDIS_TEST_DB = 11
 
 
+# Ports for our servers come from below the kernel's ephemeral range (32768
+# and up on Linux), which outgoing connections draw from: a port the kernel
+# hands out as free there can be taken by some worker's connection to
+# PostgreSQL or RabbitMQ before our server binds it (seen in CI: "address
+# already in use").
+LISTEN_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for port in random.sample(LISTEN_PORTS, 200):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 def rabbitmqctl(*args: str) -> None:
