@@ -23,6 +23,14 @@ from shared.models import (
 )
 
 
+def learner_ids(session: Session, school_id: int, status: str | None = None) -> list[int]:
+    """The school's learners but its admin, in id order (optionally of one status)."""
+    query = select(Learner.id).where(Learner.school_id == school_id, ~Learner.is_admin)
+    if status:
+        query = query.where(Learner.status == status)
+    return list(session.scalars(query.order_by(Learner.id)))
+
+
 def make_learner(
     session: Session, school_id: int, status: str = "active", with_footprint: bool = True
 ) -> Learner:

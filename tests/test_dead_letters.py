@@ -9,8 +9,9 @@ import time
 
 from sqlalchemy import func, select, text
 
-from shared.models import BatchItem, Group, GroupMembership, Learner
+from shared.models import BatchItem, Group, GroupMembership
 from shared.seed import seed_school
+from tests.factories import learner_ids
 
 
 def batchctl(stack, *args: str) -> subprocess.CompletedProcess:
@@ -34,13 +35,7 @@ def test_dead_letters_are_listed_and_replayed_after_the_cause_is_fixed(stack, se
     seeded = seed_school(session, learners=50, groups=1, courses=1, name="Dead Letters")
     session.commit()
     group_id = session.scalar(select(Group.id).where(Group.school_id == seeded.school_id))
-    ids = list(
-        session.scalars(
-            select(Learner.id)
-            .where(Learner.school_id == seeded.school_id, ~Learner.is_admin)
-            .order_by(Learner.id)
-        )
-    )
+    ids = learner_ids(session, seeded.school_id)
     # Not a member already: seed_school makes every learner with id % 3 == 0 one.
     doomed = next(i for i in ids[3:] if i % 3)
     session.execute(

@@ -19,6 +19,7 @@ from shared.actions import Actor
 from shared.db import get_sessionmaker
 from shared.models import BatchItem, Group, GroupMembership, Learner
 from shared.seed import seed_school
+from tests.factories import learner_ids
 
 app = create_app(dispatch=False)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -84,13 +85,7 @@ def test_a_filter_minus_exclusions_is_exactly_the_set_that_gets_items(
 ):
     mine, theirs = property_schools
     with get_sessionmaker()() as session:  # rolled back: each example starts clean
-        ids = list(
-            session.scalars(
-                select(Learner.id)
-                .where(Learner.school_id == mine.school_id, ~Learner.is_admin)
-                .order_by(Learner.id)
-            )
-        )
+        ids = learner_ids(session, mine.school_id)
         group_id = session.scalar(select(Group.id).where(Group.school_id == mine.school_id))
         session.execute(delete(GroupMembership).where(GroupMembership.learner_id.in_(ids)))
         for learner_id, status, member in zip(ids, statuses, members, strict=True):

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, text
 
 from shared.models import Course, Learner
 from shared.seed import seed_school
+from tests.factories import learner_ids
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RABBIT_METRICS = "http://127.0.0.1:15692/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count"
@@ -76,13 +77,7 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported_with_the_batch_va
     course = Course(school_id=seeded.school_id, title="Measured")
     session.add(course)
     session.commit()
-    ids = list(
-        session.scalars(
-            select(Learner.id)
-            .where(Learner.school_id == seeded.school_id, ~Learner.is_admin)
-            .order_by(Learner.id)
-        )
-    )
+    ids = learner_ids(session, seeded.school_id)
     flaky, doomed = ids[5], ids[6]
     # One learner fails once with a serialization failure (retried), one always (dead-lettered).
     session.execute(

@@ -19,6 +19,7 @@ from shared.models import (
     LearnerSettings,
 )
 from shared.seed import seed_school
+from tests.factories import learner_ids
 
 LEARNERS = 2000
 
@@ -28,13 +29,6 @@ def big_school(session):
     seeded = seed_school(session, learners=LEARNERS, groups=3, courses=4, name="E2E School")
     session.commit()
     return seeded
-
-
-def ids_of(session, school_id, status=None) -> list[int]:
-    query = select(Learner.id).where(Learner.school_id == school_id, ~Learner.is_admin)
-    if status:
-        query = query.where(Learner.status == status)
-    return list(session.scalars(query.order_by(Learner.id)))
 
 
 def outcomes(session, batch_id) -> dict[int, tuple[str, str | None]]:
@@ -66,7 +60,7 @@ def test_add_to_group_end_to_end(stack, session, big_school):
         assert time.monotonic() < deadline, f"{left} add_to_group messages never acked"
         time.sleep(0.5)
 
-    selected = set(ids_of(session, big_school.school_id)) | {big_school.admin_id}
+    selected = set(learner_ids(session, big_school.school_id)) | {big_school.admin_id}
     assert final["status"] == "completed"
     assert final["total"] == len(selected)
     assert final["counts"]["applied"] == len(selected - members_before)
@@ -90,7 +84,7 @@ def test_add_to_course_end_to_end(stack, session, big_school):
     courses = list(
         session.scalars(select(Course.id).where(Course.school_id == big_school.school_id))
     )[:2]
-    chosen = ids_of(session, big_school.school_id)[:1500]
+    chosen = learner_ids(session, big_school.school_id)[:1500]
     with stack.client(big_school.token) as client:
         batch = client.submit("add_to_course", {"learner_ids": chosen}, {"course_ids": courses})
         final = client.wait(batch["id"], timeout=120)
@@ -105,7 +99,7 @@ def test_add_to_course_end_to_end(stack, session, big_school):
 
 
 def test_deactivate_end_to_end_skips_the_admin_and_keeps_settings(stack, session, big_school):
-    chosen = ids_of(session, big_school.school_id)[:1000] + [big_school.admin_id]
+    chosen = learner_ids(session, big_school.school_id)[:1000] + [big_school.admin_id]
     settings_before = session.scalar(
         select(func.count()).where(LearnerSettings.learner_id.in_(chosen))
     )
@@ -129,7 +123,7 @@ def test_deactivate_end_to_end_skips_the_admin_and_keeps_settings(stack, session
 
 
 def test_delete_end_to_end_purges_after_the_grace_period(stack, session, big_school):
-    chosen = ids_of(session, big_school.school_id)[:500]
+    chosen = learner_ids(session, big_school.school_id)[:500]
     with stack.client(big_school.token) as client:
         batch = client.submit("delete_learner", {"learner_ids": chosen})
         final = client.wait(batch["id"], timeout=120)
@@ -155,8 +149,8 @@ def test_delete_end_to_end_purges_after_the_grace_period(stack, session, big_sch
 
 
 def test_invitation_batch_sends_one_email_per_not_activated_learner(stack, session, big_school):
-    chosen = ids_of(session, big_school.school_id)[:1000]
-    invited = set(ids_of(session, big_school.school_id, status="invited")) & set(chosen)
+    chosen = learner_ids(session, big_school.school_id)[:1000]
+    invited = set(learner_ids(session, big_school.school_id, status="invited")) & set(chosen)
     with stack.client(big_school.token) as client:
         batch = client.submit("resend_invitation", {"learner_ids": chosen})
         final = client.wait(batch["id"], timeout=120)

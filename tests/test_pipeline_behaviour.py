@@ -24,6 +24,7 @@ from shared.models import (
 )
 from shared.publish import ConfirmedPublisher
 from shared.seed import seed_school
+from tests.factories import learner_ids
 
 
 @pytest.fixture
@@ -38,16 +39,6 @@ def other_school(session):
     seeded = seed_school(session, learners=20, groups=1, courses=1, name="Other School")
     session.commit()
     return seeded
-
-
-def learner_ids(session, school_id) -> list[int]:
-    return list(
-        session.scalars(
-            select(Learner.id)
-            .where(Learner.school_id == school_id, ~Learner.is_admin)
-            .order_by(Learner.id)
-        )
-    )
 
 
 def first(session, model, school_id) -> int:

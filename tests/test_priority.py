@@ -16,10 +16,11 @@ from shared.broker import build_broker
 from shared.db import get_sessionmaker
 from shared.dispatch import dispatch_step
 from shared.migrate import upgrade
-from shared.models import Group, Learner
+from shared.models import Group
 from shared.publish import ConfirmedPublisher
 from shared.seed import seed_school
 from shared.settings import Settings
+from tests.factories import learner_ids
 from tests.services import RabbitVhost
 
 WINDOW = 40
@@ -34,9 +35,7 @@ def test_a_small_batch_is_delivered_before_a_big_batch_already_queued(fresh_pg_u
         session.commit()
         admin = Actor(seeded.school_id, seeded.admin_id)
         group = session.scalar(select(Group.id).where(Group.school_id == seeded.school_id))
-        learners = session.scalars(
-            select(Learner.id).where(Learner.school_id == seeded.school_id, ~Learner.is_admin)
-        ).all()
+        learners = learner_ids(session, seeded.school_id)
 
         def batch(selection: dict) -> int:
             request = BatchRequest.model_validate(

@@ -23,7 +23,7 @@ from shared.publish import ConfirmedPublisher
 from shared.seed import seed_school
 from shared.settings import get_settings
 from shared.tokens import READ_SCOPE, hash_token, issue_token
-from tests.factories import make_learner
+from tests.factories import learner_ids, make_learner
 
 
 @pytest.fixture
@@ -200,13 +200,7 @@ def test_limits_answer_413_and_429_with_retry_after(api, session, two_schools, m
     assert too_big.status_code == 413 and "filter" in too_big.json()["detail"]
 
     monkeypatch.setattr(get_settings(), "max_active_batches_per_school", 2)
-    ids = list(
-        session.scalars(
-            select(Learner.id)
-            .where(Learner.school_id == mine.school_id, ~Learner.is_admin)
-            .order_by(Learner.id)
-        )
-    )
+    ids = learner_ids(session, mine.school_id)
     codes = []
     for n in range(3):
         body = {"action": "deactivate_learner", "selection": {"learner_ids": ids[n : n + 1]}}

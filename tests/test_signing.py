@@ -21,6 +21,7 @@ from shared.models import Batch, BatchItem, Learner
 from shared.publish import ConfirmedPublisher
 from shared.seed import seed_school
 from shared.signing import SignMessages, signature, verify
+from tests.factories import learner_ids
 
 
 def bare_broker(stack) -> RabbitmqBroker:
@@ -57,13 +58,7 @@ def parked_batch(session):
     """A running batch whose items are pending but, as far as dispatch knows,
     already published: only the messages this test sends will reach them."""
     seeded = seed_school(session, learners=10, groups=1, courses=1, name="Signed School")
-    victims = list(
-        session.scalars(
-            select(Learner.id)
-            .where(Learner.school_id == seeded.school_id, ~Learner.is_admin)
-            .order_by(Learner.id)
-        )
-    )[:3]
+    victims = learner_ids(session, seeded.school_id)[:3]
     request = BatchRequest.model_validate(
         {"action": "deactivate_learner", "selection": {"learner_ids": victims}}
     )

@@ -20,10 +20,11 @@ from producer.submit import submit
 from shared.actions import Actor
 from shared.dispatch import item_message
 from shared.erasure import PURGED_BY_LEARNER
-from shared.models import Course, Group, Learner
+from shared.models import Course, Group
 from shared.publish import ConfirmedPublisher
 from shared.seed import seed_school
 from shared.signing import signature
+from tests.factories import learner_ids
 from tests.faults.harness import (
     SETTINGS,
     kill_worker_connections,
@@ -42,13 +43,7 @@ LEARNERS = 5000
 def seed(session, name: str, learners: int = LEARNERS):
     school = seed_school(session, learners=learners, groups=2, courses=3, name=name)
     session.commit()
-    chosen = list(
-        session.scalars(
-            select(Learner.id)
-            .where(Learner.school_id == school.school_id, ~Learner.is_admin)
-            .order_by(Learner.id)
-        )
-    )
+    chosen = learner_ids(session, school.school_id)
     return school, chosen
 
 
