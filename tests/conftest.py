@@ -113,7 +113,7 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         RabbitVhost,
         SmtpServer,
         free_port,
-        redis_url,
+        stack_env,
         wait_for_consumers,
         wait_http,
     )
@@ -122,19 +122,15 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
     vhost = RabbitVhost()
     smtp = SmtpServer()
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "BROKER_URL": vhost.url,
-        "REDIS_URL": redis_url(),
-        "SMTP_URL": smtp.url,
-        "SIGNING_KEY": "test-signing-key-" + uuid.uuid4().hex,
-        "SIGNING_KEY_PREVIOUS": "test-old-signing-key-" + uuid.uuid4().hex,
-        "DISPATCH_WINDOW": "200",
-        "DELETION_GRACE_SECONDS": "1",
-        "SMTP_RATE_PER_SECOND": "500",
-        "METRICS_PORT": str(free_port()),
-    }
+    env = stack_env(
+        database_url,
+        vhost,
+        smtp,
+        SIGNING_KEY_PREVIOUS="test-old-signing-key-" + uuid.uuid4().hex,
+        DISPATCH_WINDOW="200",
+        DELETION_GRACE_SECONDS="1",
+        SMTP_RATE_PER_SECOND="500",
+    )
     producer = Process(["serve", "--port", str(port)], env, logs / "producer.log")
     worker = Process(["worker", "--processes", "1", "--threads", "8"], env, logs / "worker.log")
     running = Stack(env, f"http://127.0.0.1:{port}", vhost, smtp, producer, worker)

@@ -119,6 +119,24 @@ class SmtpServer:
         self.controller.stop()
 
 
+def stack_env(
+    database_url: str, vhost: RabbitVhost, smtp: SmtpServer, **settings: str
+) -> dict[str, str]:
+    """What every process of a test stack runs with: this run's database,
+    vhost, Redis database and SMTP server, a fresh signing key and metrics
+    port, then the stack's own `settings`."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "BROKER_URL": vhost.url,
+        "REDIS_URL": redis_url(),
+        "SMTP_URL": smtp.url,
+        "SIGNING_KEY": "test-signing-key-" + uuid.uuid4().hex,
+        "METRICS_PORT": str(free_port()),
+        **settings,
+    }
+
+
 class Process:
     """A `batchctl` subprocess with its output in a log file."""
 

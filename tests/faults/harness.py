@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +23,14 @@ import pika.exceptions
 from sqlalchemy import text
 
 from shared.contract import QUEUES
-from tests.services import Process, RabbitVhost, SmtpServer, free_port, redis_url, wait_http
+from tests.services import (
+    Process,
+    RabbitVhost,
+    SmtpServer,
+    free_port,
+    stack_env,
+    wait_http,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_APP = "faults-worker"  # application_name of the pods' database connections
@@ -282,17 +288,7 @@ def start_stack(database_url: str, logs: Path, pods: int = 2, **pod_options) -> 
     vhost = RabbitVhost()
     smtp = SmtpServer()
     port = free_port()
-    env = {
-        **os.environ,
-        **SETTINGS,
-        "DATABASE_URL": database_url,
-        "BROKER_URL": vhost.url,
-        "REDIS_URL": redis_url(),
-        "SMTP_URL": smtp.url,
-        "SIGNING_KEY": "faults-signing-key-" + uuid.uuid4().hex,
-        "METRICS_PORT": str(free_port()),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = stack_env(database_url, vhost, smtp, **SETTINGS, PYTHONPATH=str(ROOT))
     stack = FaultStack(env, f"http://127.0.0.1:{port}", vhost, smtp, logs)
     stack.producer = Process(["serve", "--port", str(port)], env, logs / "producer.log")
     stack.reconciler = Process(["reconcile"], env, logs / "reconciler.log")
