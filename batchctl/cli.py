@@ -50,7 +50,7 @@ def _fail(exc: Exception) -> None:
 @app.command()
 def migrate() -> None:
     """Apply the database migrations to DATABASE_URL."""
-    from shared.migrate import upgrade
+    from batchctl.migrate import upgrade
 
     upgrade()
     console.print("[green]database is at the latest migration[/]")
@@ -64,8 +64,8 @@ def seed(
     as_json: bool = typer.Option(False, "--json", help="Print only the result as JSON."),
 ) -> None:
     """Create a realistic school with an admin and an API token for that admin."""
+    from batchctl.seed import seed_school
     from shared.db import session_scope
-    from shared.seed import seed_school
 
     started = time.perf_counter()
     with session_scope() as session:
@@ -88,9 +88,9 @@ def token(
     """Issue an API token for an admin; it is printed once and stored hashed."""
     from sqlalchemy import select
 
+    from producer.tokens import ALL_SCOPES, READ_SCOPE, issue_token
     from shared.db import session_scope
     from shared.models import Learner
-    from shared.tokens import ALL_SCOPES, READ_SCOPE, issue_token
 
     with session_scope() as session:
         admin = session.scalar(
@@ -349,13 +349,13 @@ def dlq_list(
     show: int = typer.Option(10, min=0, help="Messages to show per queue."),
 ) -> None:
     """How many dead letters each queue has, and the first few (ids only)."""
-    from workers import dead_letters
+    from batchctl import dlq
 
     broker = _rabbit()
-    for name, depth in dead_letters.counts(broker, _queues(queue)).items():
+    for name, depth in dlq.counts(broker, _queues(queue)).items():
         console.print(f"[bold]{name}[/]: {depth:,}")
         if depth and show:
-            for letter in dead_letters.peek(broker, name.removesuffix(".XQ"), show):
+            for letter in dlq.peek(broker, name.removesuffix(".XQ"), show):
                 typer.echo(json.dumps(letter.describe()))
 
 
@@ -366,12 +366,12 @@ def dlq_replay(
     dry_run: bool = typer.Option(False, help="Only say what would be replayed."),
 ) -> None:
     """Publish dead letters again; their failed items are reopened first."""
+    from batchctl import dlq
     from shared.db import get_sessionmaker
-    from workers import dead_letters
 
     broker = _rabbit()
     for name in _queues(queue):
-        report = dead_letters.replay(broker, get_sessionmaker(), name, limit, dry_run)
+        report = dlq.replay(broker, get_sessionmaker(), name, limit, dry_run)
         verb = "would replay" if dry_run else "replayed"
         console.print(
             f"{name}.XQ: {verb} {report.replayed:,} (items reopened: {report.reopened:,}); "
@@ -386,12 +386,12 @@ def dlq_purge(
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Drop dead letters for good."""
-    from workers import dead_letters
+    from batchctl import dlq
 
     broker = _rabbit()
     queues = _queues(queue)
     if not dry_run and not yes:
         typer.confirm(f"Drop every dead letter of {', '.join(queues)}?", abort=True)
     for name in queues:
-        n = dead_letters.purge(broker, name, dry_run)
+        n = dlq.purge(broker, name, dry_run)
         console.print(f"{name}.XQ: {'would drop' if dry_run else 'dropped'} {n:,}")

@@ -30,17 +30,17 @@ def run_demo(console: Console, learners: int) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import func, select
 
+    from batchctl.migrate import upgrade
     from producer.app import create_app
     from producer.client import BatchClient
     from shared.broker import get_broker
     from shared.db import session_scope
-    from shared.migrate import upgrade
     from shared.models import Course, Group, Learner
 
     where = "embedded (SQLite, in-process broker)" if _embedded() else "configured services"
     console.rule(f"Batch Actions demo: {where}")
     upgrade()
-    from shared.seed import seed_school
+    from batchctl.seed import seed_school
 
     with session_scope() as session:
         seeded = seed_school(session, learners=learners, name="Demo School")

@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-FINISHED = {"completed", "cancelled", "failed"}
+from producer.client import FINISHED
 
 
 def counts_table(view: dict, title: str) -> Table:

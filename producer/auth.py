@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from producer.deps import get_session
 from producer.limits import request_rate
+from producer.tokens import READ_SCOPE, WRITE_SCOPE, hash_token
 from shared.actions import Actor
 from shared.models import ApiToken, Learner, LearnerStatus
-from shared.tokens import READ_SCOPE, WRITE_SCOPE, hash_token
 
 
 def _unauthorized(detail: str) -> HTTPException:

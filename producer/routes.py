@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from producer.access import access
 from producer.auth import reader, writer
 from producer.deps import get_session
 from producer.schemas import (
@@ -29,11 +30,10 @@ from producer.schemas import (
 )
 from producer.selection import filter_conditions, shown_status
 from producer.submit import dry_run, submit
-from producer.views import FINISHED, batch_view
-from shared.access import access
+from producer.views import batch_view
 from shared.actions import Actor
 from shared.batches import request_cancel
-from shared.models import Batch, BatchItem, Group, Learner, LearnerStatus
+from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, Group, Learner, LearnerStatus
 from shared.progress import get_progress
 
 router = APIRouter(prefix="/v1")
@@ -175,7 +175,7 @@ def list_items(
 def cancel_batch(batch_id: BatchId, request: Request, actor: Writer, session: SessionDep):
     """Stop starting new learners; unfinished ones end `cancelled`."""
     batch = _batch(session, actor, batch_id)
-    if batch.status in FINISHED:
+    if batch.status in FINISHED_BATCH_STATUSES:
         raise HTTPException(409, f"batch {batch_id} is {batch.status}; nothing to cancel")
     request_cancel(session, batch_id)
     session.commit()

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from producer.schemas import MAX_EXPLICIT_IDS, BatchRequest, LearnerIdsSelection
 from producer.selection import freeze_selection, predict
 from shared.actions import Actor
-from shared.batches import now
 from shared.contract import Action
-from shared.models import Batch, BatchStatus, Course, Group, School
+from shared.db import now
+from shared.models import ACTIVE_BATCH_STATUSES, Batch, BatchStatus, Course, Group, School
 from shared.settings import get_settings
 
 
@@ -146,7 +146,7 @@ def _check_running_cap(session: Session, actor: Actor) -> None:
     running = session.scalar(
         select(func.count()).where(
             Batch.school_id == actor.school_id,
-            Batch.status.in_((BatchStatus.PENDING, BatchStatus.RUNNING, BatchStatus.CANCELLING)),
+            Batch.status.in_(ACTIVE_BATCH_STATUSES),
         )
     )
     if running >= cap:

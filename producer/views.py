@@ -7,11 +7,10 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from producer.schemas import BatchView, Counts
-from shared.batches import counts_from_items, counts_from_labels, now
-from shared.models import Batch, BatchStatus
+from shared.batches import counts_from_items, counts_from_labels
+from shared.db import now
+from shared.models import FINISHED_BATCH_STATUSES, Batch
 from shared.progress import get_progress
-
-FINISHED = (BatchStatus.COMPLETED, BatchStatus.CANCELLED, BatchStatus.FAILED)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -22,7 +21,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 def live_counts(session: Session, batch: Batch) -> dict:
     """Final counts once finished; Redis while running; the database as fallback."""
-    if batch.status in FINISHED and batch.counts:
+    if batch.status in FINISHED_BATCH_STATUSES and batch.counts:
         return batch.counts
     labels = get_progress().counts(batch.id)
     if labels is not None:
@@ -38,7 +37,7 @@ def batch_view(session: Session, batch: Batch) -> BatchView:
     elapsed = (ended - started).total_seconds() if started else 0.0
     rate = finished / elapsed if elapsed > 0 and finished else None
     eta = None
-    if batch.status not in FINISHED and rate:
+    if batch.status not in FINISHED_BATCH_STATUSES and rate:
         eta = round(counts.get("pending", 0) / rate, 1)
     return BatchView(
         id=batch.id,

@@ -15,12 +15,12 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import case, delete, literal, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates, now
 from shared.models import (
     ApiToken,
     CourseEnrollment,
@@ -62,10 +62,6 @@ def _skip_reason(status: str | None, when_live: Reason) -> Reason:
     if status == LearnerStatus.DEACTIVATED:
         return Reason.ALREADY_DEACTIVATED
     return when_live
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_token_hash() -> str:
@@ -148,7 +144,7 @@ def add_to_group(
     session: Session, actor: Actor, learner_id: int, group_ids: Sequence[int]
 ) -> Outcome:
     """Make the learner a member of each group; membership grants the groups'
-    courses and learning paths (see `shared.access`). Groups of other schools
+    courses and learning paths (see `producer.access`). Groups of other schools
     are ignored here; the producer rejects them before a batch exists."""
     return _grant(
         session,

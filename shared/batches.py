@@ -7,21 +7,21 @@ to the batch row once, when the batch ends, so no row is updated per learner.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
+from shared.db import now
+from shared.models import (
+    CANCELLABLE_BATCH_STATUSES,
+    Batch,
+    BatchItem,
+    BatchStatus,
+    ItemOutcome,
+)
 
-ACTIVE_STATUSES = (BatchStatus.PENDING, BatchStatus.RUNNING, BatchStatus.CANCELLING)
-CANCELLABLE = (BatchStatus.PENDING, BatchStatus.RUNNING)
 CANCEL_CHUNK = 5000
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def counts_from_items(session: Session, batch_id: int) -> dict[str, Any]:
@@ -90,9 +90,7 @@ def request_cancel(session: Session, batch_id: int) -> bool:
         session.connection()
         .execute(
             update(Batch)
-            .where(
-                Batch.id == batch_id, Batch.status.in_((BatchStatus.PENDING, BatchStatus.RUNNING))
-            )
+            .where(Batch.id == batch_id, Batch.status.in_(CANCELLABLE_BATCH_STATUSES))
             .values(status=BatchStatus.CANCELLING)
         )
         .rowcount

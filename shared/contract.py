@@ -30,3 +30,7 @@ class Action(enum.StrEnum):
 
 FINALIZE_DELETION_QUEUE = "finalize_deletion"
 QUEUES = [a.queue for a in Action] + [FINALIZE_DELETION_QUEUE]
+# Actors whose message names a batch item: (batch_id, learner_id).
+ITEM_ACTORS = frozenset(a.value for a in Action)
+# Every actor that acts on one learner (counted in metrics, crash-loop guarded).
+LEARNER_ACTORS = ITEM_ACTORS | {FINALIZE_DELETION_QUEUE}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from sqlalchemy import Engine, Insert, Table, create_engine, event
@@ -11,6 +12,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_settings
+
+
+def now() -> datetime:
+    """The one clock: timezone-aware UTC, also for values stored on SQLite."""
+    return datetime.now(UTC)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -20,8 +20,9 @@ import dramatiq
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.batches import cancel_step, complete_if_finished, now
+from shared.batches import cancel_step, complete_if_finished
 from shared.broker import SMALL_BATCH_PRIORITY
+from shared.db import now
 from shared.metrics import messages_published
 from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.publish import Publisher, PublishError

@@ -63,6 +63,12 @@ class BatchStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+# A batch still has work to do (counts against the school's cap) or is over.
+ACTIVE_BATCH_STATUSES = (BatchStatus.PENDING, BatchStatus.RUNNING, BatchStatus.CANCELLING)
+CANCELLABLE_BATCH_STATUSES = (BatchStatus.PENDING, BatchStatus.RUNNING)
+FINISHED_BATCH_STATUSES = (BatchStatus.COMPLETED, BatchStatus.CANCELLED, BatchStatus.FAILED)
+
+
 class ItemOutcome(enum.StrEnum):
     PENDING = "pending"
     APPLIED = "applied"

@@ -36,9 +36,6 @@ def key(batch_id: int) -> str:
 
 
 class Progress(Protocol):
-    def record(self, batch_id: int, label: str) -> int | None:
-        """Count one finished item; return how many are finished, if known."""
-
     def counts(self, batch_id: int) -> dict[str, int] | None:
         """Finished items by outcome label, or None when unknown."""
 
@@ -50,9 +47,6 @@ class Progress(Protocol):
 
 
 class NoProgress:
-    def record(self, batch_id: int, label: str) -> int | None:
-        return None
-
     def counts(self, batch_id: int) -> dict[str, int] | None:
         return None
 
@@ -67,30 +61,9 @@ class RedisProgress:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def record(self, batch_id: int, label: str) -> int | None:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hincrby(key(batch_id), label, 1)
-            pipe.hincrby(key(batch_id), "done", 1)
-            pipe.expire(key(batch_id), KEY_TTL_SECONDS)
-            return int(pipe.execute()[1])
-        except redis.RedisError as exc:
-            log.warning(
-                "progress not counted in Redis (%s); the database has it", type(exc).__name__
-            )
-            return None
-
     def add(self, batch_id: int, label: str, n: int) -> None:
-        if n <= 0:
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hincrby(key(batch_id), label, n)
-            pipe.hincrby(key(batch_id), "done", n)
-            pipe.expire(key(batch_id), KEY_TTL_SECONDS)
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("progress not counted in Redis (%s)", type(exc).__name__)
+        if n > 0:
+            self.add_many({batch_id: Counter({label: n})})
 
     def add_many(self, counts: dict[int, Counter]) -> dict[int, int] | None:
         try:

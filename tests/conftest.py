@@ -41,7 +41,7 @@ def _drop_database(name: str) -> None:
 def database_url() -> Iterator[str]:
     """A fresh PostgreSQL database migrated to head, also exported as DATABASE_URL
     so that subprocesses (workers, producer) started by tests use it."""
-    from shared.migrate import upgrade
+    from batchctl.migrate import upgrade
     from shared.settings import get_settings
 
     name = f"batch_actions_test_{uuid.uuid4().hex[:8]}"
@@ -66,7 +66,7 @@ def session(database_url: str) -> Iterator[Session]:
 @pytest.fixture
 def school(session: Session):
     """A small seeded school: 40 learners, 3 groups, 6 courses."""
-    from shared.seed import seed_school
+    from batchctl.seed import seed_school
 
     seeded = seed_school(session, learners=40, groups=3, courses=6, name="Test School")
     session.commit()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from shared.access import access
+from batchctl.seed import seed_school
+from producer.access import access
+from producer.tokens import issue_token
 from shared.actions import (
     Actor,
     add_to_course,
@@ -15,7 +17,6 @@ from shared.actions import (
     reactivate_learner,
     resend_invitation,
 )
-from shared.erasure import finalize_deletion
 from shared.models import (
     ActivityEvent,
     ApiToken,
@@ -31,9 +32,8 @@ from shared.models import (
     SharedLink,
 )
 from shared.outcomes import Outcome, Reason
-from shared.seed import seed_school
-from shared.tokens import issue_token
 from tests.factories import make_group, make_learner
+from workers.erasure import finalize_deletion
 
 SKIP = Outcome.skipped
 APPLIED = Outcome.applied()

@@ -9,8 +9,8 @@ import sys
 import httpx
 from sqlalchemy import select
 
+from batchctl.seed import seed_school
 from shared.models import Group, GroupMembership
-from shared.seed import seed_school
 from tests.factories import make_learner
 
 

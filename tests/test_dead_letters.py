@@ -9,8 +9,8 @@ import time
 
 from sqlalchemy import func, select, text
 
+from batchctl.seed import seed_school
 from shared.models import BatchItem, Group, GroupMembership
-from shared.seed import seed_school
 from tests.factories import learner_ids
 
 

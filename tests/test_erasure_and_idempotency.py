@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import JSON, String, Text, cast, func, insert, or_, select
 
-from shared.access import access
+from producer.access import access
+from producer.tokens import issue_token
 from shared.actions import (
     Actor,
     add_to_course,
@@ -15,10 +16,9 @@ from shared.actions import (
     reactivate_learner,
     resend_invitation,
 )
-from shared.erasure import finalize_deletion
 from shared.models import Base, Batch, Course, Invitation, Learner, LearningPathEnrollment
-from shared.tokens import issue_token
 from tests.factories import make_group, make_learner
+from workers.erasure import finalize_deletion
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pika
 import redis
 from sqlalchemy import func, select
 
+from batchctl.seed import seed_school
 from shared.models import AuditEntry, Learner
 from shared.redaction import redact
-from shared.seed import seed_school
 from tests.factories import make_learner
 from tests.test_erasure_and_idempotency import tables_mentioning
 

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import delete, insert, select, update
 
+from batchctl.seed import seed_school
 from producer.app import create_app
 from producer.schemas import BatchRequest
 from producer.submit import SubmitError, submit
 from shared.actions import Actor
 from shared.db import get_sessionmaker
 from shared.models import BatchItem, Group, GroupMembership, Learner
-from shared.seed import seed_school
 from tests.factories import learner_ids
 
 app = create_app(dispatch=False)

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
+from batchctl.seed import seed_school
 from shared.models import Course, Learner
-from shared.seed import seed_school
 from tests.factories import learner_ids
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

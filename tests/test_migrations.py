@@ -2,7 +2,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from shared.migrate import upgrade
+from batchctl.migrate import upgrade
 from shared.models import Base
 
 CORE_TABLES = {

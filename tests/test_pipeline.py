@@ -7,6 +7,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from batchctl.seed import seed_school
 from shared.models import (
     AuditEntry,
     BatchItem,
@@ -18,7 +19,6 @@ from shared.models import (
     Learner,
     LearnerSettings,
 )
-from shared.seed import seed_school
 from tests.factories import learner_ids
 
 LEARNERS = 2000

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from batchctl.seed import seed_school
 from producer.client import ApiError
 from shared.dispatch import item_message
 from shared.models import (
@@ -23,7 +24,6 @@ from shared.models import (
     Learner,
 )
 from shared.publish import ConfirmedPublisher
-from shared.seed import seed_school
 from tests.factories import learner_ids
 
 

@@ -9,16 +9,16 @@ import json
 import pika
 from sqlalchemy import select
 
+from batchctl.migrate import upgrade
+from batchctl.seed import seed_school
 from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor
 from shared.broker import build_broker
 from shared.db import get_sessionmaker
 from shared.dispatch import dispatch_step
-from shared.migrate import upgrade
 from shared.models import Group
 from shared.publish import ConfirmedPublisher
-from shared.seed import seed_school
 from shared.settings import Settings
 from tests.factories import learner_ids
 from tests.services import RabbitVhost

@@ -8,13 +8,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from batchctl.seed import seed_school
 from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor, delete_learner
 from shared.db import get_sessionmaker
 from shared.models import Batch, BatchItem, Group, GroupMembership, Learner
 from shared.publish import ConfirmedPublisher
-from shared.seed import seed_school
 from shared.settings import Settings
 from tests.factories import make_learner
 from workers.reconcile import reconcile_once

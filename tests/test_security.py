@@ -12,17 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
+from batchctl.seed import seed_school
 from producer import limits
 from producer.app import create_app
 from producer.schemas import BatchRequest
 from producer.submit import submit
+from producer.tokens import READ_SCOPE, hash_token, issue_token
 from shared.actions import Actor
 from shared.dispatch import item_message
 from shared.models import ApiToken, Batch, BatchItem, Group, Learner
 from shared.publish import ConfirmedPublisher
-from shared.seed import seed_school
 from shared.settings import get_settings
-from shared.tokens import READ_SCOPE, hash_token, issue_token
 from tests.factories import learner_ids, make_learner
 
 

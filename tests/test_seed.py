@@ -5,8 +5,8 @@ import sys
 
 from sqlalchemy import func, select
 
+from producer.tokens import hash_token
 from shared.models import ApiToken, GroupMembership, Learner
-from shared.tokens import hash_token
 
 
 def test_batchctl_seed_prints_ids_and_a_working_token(database_url, session):

@@ -12,6 +12,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
+from batchctl.seed import seed_school
 from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor
@@ -19,7 +20,6 @@ from shared.broker import SMALL_BATCH_PRIORITY
 from shared.dispatch import item_message
 from shared.models import Batch, BatchItem, Learner
 from shared.publish import ConfirmedPublisher
-from shared.seed import seed_school
 from shared.signing import SignMessages, signature, verify
 from tests.factories import learner_ids
 

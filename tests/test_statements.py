@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
+from batchctl.seed import seed_school
 from shared.actions import (
     Actor,
     add_to_course,
@@ -29,7 +30,6 @@ from shared.models import (
     LearnerSession,
     SharedLink,
 )
-from shared.seed import seed_school
 from tests.factories import make_group, make_learner
 from workers import items
 

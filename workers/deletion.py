@@ -8,10 +8,10 @@ from datetime import timedelta
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.batches import now
-from shared.erasure import finalize_deletion, purge_learners
+from shared.db import now
 from shared.models import AuditEntry, Learner, LearnerStatus
 from shared.outcomes import Outcome
+from workers.erasure import finalize_deletion, purge_learners
 
 FINALIZE = "finalize_deletion"
 
@@ -33,7 +33,7 @@ def finalize_learner(sessions: sessionmaker[Session], school_id: int, learner_id
 
 def finalize_overdue(sessions: sessionmaker[Session], slack: timedelta, limit: int = 2000) -> int:
     """Purge up to `limit` learners more than `slack` past due, set-based in
-    one transaction: the purge of `shared.erasure.finalize_deletion` (same
+    one transaction: the purge of `workers.erasure.finalize_deletion` (same
     tables, same tombstone) a chunk at a time, because the reconciler takes
     over *every* deletion when finalize messages are lost, and one by one it
     managed ~150 a second. The learner rows are locked (SKIP LOCKED: one a

@@ -30,9 +30,9 @@ from shared.actions import (
     new_token_hash,
     resend_invitation,
 )
-from shared.batches import BatchContext, complete_if_finished, load_context, now
+from shared.batches import BatchContext, complete_if_finished, load_context
 from shared.contract import Action
-from shared.db import get_engine, get_sessionmaker
+from shared.db import get_engine, get_sessionmaker, now
 from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.outcomes import Outcome
 from shared.progress import NoProgress, ProgressBuffer, get_progress

@@ -32,7 +32,7 @@ from dramatiq.rate_limits.backends import RedisBackend
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.batches import now
+from shared.db import now
 from shared.models import Invitation, Learner, LearnerStatus, School
 from shared.progress import get_redis
 from shared.settings import Settings, get_settings

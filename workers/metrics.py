@@ -20,10 +20,9 @@ from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.prometheus import Prometheus
 
-from shared.contract import FINALIZE_DELETION_QUEUE, Action
+from shared.contract import LEARNER_ACTORS
 from shared.metrics import learner_latency, learners_processed
 
-COUNTED_ACTORS = {a.value for a in Action} | {FINALIZE_DELETION_QUEUE}
 FLUSH_SECONDS = 0.5
 _current = threading.local()
 
@@ -128,7 +127,7 @@ class LearnerMetrics(Middleware):
     def after_process_boot(self, broker):
         # Zero series from the start, so rates and ratios are defined before
         # the first learner of an action is processed.
-        for action in COUNTED_ACTORS:
+        for action in LEARNER_ACTORS:
             learner_latency().labels(action)
             for outcome in ("applied", "skipped", "failed"):
                 learners_processed().labels(action, outcome)
@@ -137,7 +136,7 @@ class LearnerMetrics(Middleware):
         _current.outcome = None
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        if message.actor_name not in COUNTED_ACTORS:
+        if message.actor_name not in LEARNER_ACTORS:
             return
         outcome = getattr(_current, "outcome", None)
         if exception is not None:

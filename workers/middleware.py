@@ -16,7 +16,7 @@ from dramatiq.common import q_name
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware, Retries, SkipMessage
 
-from shared.contract import FINALIZE_DELETION_QUEUE, Action
+from shared.contract import ITEM_ACTORS, LEARNER_ACTORS
 from shared.progress import get_redis, namespace
 from shared.settings import get_settings
 from shared.signing import SignMessages, verify
@@ -25,8 +25,6 @@ from workers.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
 
-ITEM_ACTORS = {a.value for a in Action}
-GUARDED_ACTORS = ITEM_ACTORS | {FINALIZE_DELETION_QUEUE}
 DELIVERY_KEY_TTL_SECONDS = 24 * 3600
 
 
@@ -254,7 +252,7 @@ class CrashLoopGuard(Middleware):
 
     def before_process_message(self, broker, message):
         key, earlier = None, None
-        if getattr(message, "redelivered", False) and message.actor_name in GUARDED_ACTORS:
+        if getattr(message, "redelivered", False) and message.actor_name in LEARNER_ACTORS:
             key = self.key(message)
             earlier = self._earlier(key)
         if earlier is not None and earlier + 1 >= get_settings().max_deliveries:

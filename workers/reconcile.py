@@ -21,7 +21,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.batches import now
+from shared.db import now
 from shared.dispatch import tick
 from shared.models import Invitation
 from shared.publish import Publisher

@@ -25,7 +25,7 @@ def database_url() -> Iterator[str]:
     every running batch of its database, so a stack of another test (the
     session `stack`) sharing it would take this suite's batches to its own
     broker and SMTP server, and the other way round."""
-    from shared.migrate import upgrade
+    from batchctl.migrate import upgrade
     from tests.conftest import _create_database, _drop_database
 
     name = f"batch_actions_faults_{uuid.uuid4().hex[:8]}"

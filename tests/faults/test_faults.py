@@ -15,14 +15,13 @@ import dramatiq
 import pytest
 from sqlalchemy import func, select, text
 
+from batchctl.seed import seed_school
 from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor
 from shared.dispatch import item_message
-from shared.erasure import PURGED_BY_LEARNER
 from shared.models import Course, Group
 from shared.publish import ConfirmedPublisher
-from shared.seed import seed_school
 from shared.signing import signature
 from tests.factories import learner_ids
 from tests.faults.harness import (
@@ -35,6 +34,7 @@ from tests.faults.harness import (
     wait_completed,
     wait_progress,
 )
+from workers.erasure import PURGED_BY_LEARNER
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 LEARNERS = 5000

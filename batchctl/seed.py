@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
+from producer.tokens import issue_token
 from shared.models import (
     Course,
     Group,
@@ -22,7 +23,6 @@ from shared.models import (
     LearningPath,
     School,
 )
-from shared.tokens import issue_token
 
 
 @dataclass(frozen=True)

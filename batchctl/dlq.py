@@ -19,11 +19,9 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.contract import QUEUES, Action
+from shared.contract import ITEM_ACTORS, QUEUES
 from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.publish import ConfirmedPublisher
-
-ITEM_ACTORS = {a.value for a in Action}
 
 
 def dead_letter_queue(queue: str) -> str:

@@ -12,7 +12,7 @@ from functools import cache
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from shared.actions import now
+from shared.db import now
 from shared.models import (
     ActivityEvent,
     ApiToken,

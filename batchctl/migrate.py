@@ -7,9 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+import shared
 from shared.settings import get_settings
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(shared.__file__).parent / "migrations"
 
 
 def alembic_config(url: str | None = None) -> Config:
