@@ -108,7 +108,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
-    from tests.services import (
+    from tests.support.services import (
         Process,
         RabbitVhost,
         SmtpServer,

@@ -23,7 +23,7 @@ import pika.exceptions
 from sqlalchemy import text
 
 from shared.contract import QUEUES
-from tests.services import (
+from tests.support.services import (
     Process,
     RabbitVhost,
     SmtpServer,

@@ -23,7 +23,7 @@ from shared.dispatch import item_message
 from shared.models import Course, Group
 from shared.publish import ConfirmedPublisher
 from shared.signing import signature
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 from tests.faults.harness import (
     SETTINGS,
     kill_worker_connections,

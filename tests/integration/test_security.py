@@ -23,7 +23,7 @@ from shared.dispatch import item_message
 from shared.models import ApiToken, Batch, BatchItem, Group, Learner
 from shared.publish import ConfirmedPublisher
 from shared.settings import get_settings
-from tests.factories import learner_ids, make_learner
+from tests.support.factories import learner_ids, make_learner
 
 
 @pytest.fixture

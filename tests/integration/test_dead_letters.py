@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from batchctl.seed import seed_school
 from shared.models import BatchItem, Group, GroupMembership
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 
 
 def batchctl(stack, *args: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from shared.dispatch import item_message
 from shared.models import Batch, BatchItem, Learner
 from shared.publish import ConfirmedPublisher
 from shared.signing import SignMessages, signature, verify
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 
 
 def bare_broker(stack) -> RabbitmqBroker:

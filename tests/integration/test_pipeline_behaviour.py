@@ -24,7 +24,7 @@ from shared.models import (
     Learner,
 )
 from shared.publish import ConfirmedPublisher
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 
 
 @pytest.fixture

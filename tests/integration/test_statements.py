@@ -30,7 +30,7 @@ from shared.models import (
     LearnerSession,
     SharedLink,
 )
-from tests.factories import make_group, make_learner
+from tests.support.factories import make_group, make_learner
 from workers import items
 
 MISSING_ID = 9_000_000_000

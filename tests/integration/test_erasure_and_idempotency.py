@@ -17,7 +17,7 @@ from shared.actions import (
     resend_invitation,
 )
 from shared.models import Base, Batch, Course, Invitation, Learner, LearningPathEnrollment
-from tests.factories import make_group, make_learner
+from tests.support.factories import make_group, make_learner
 from workers.erasure import finalize_deletion
 
 

@@ -32,7 +32,7 @@ from shared.models import (
     SharedLink,
 )
 from shared.outcomes import Outcome, Reason
-from tests.factories import make_group, make_learner
+from tests.support.factories import make_group, make_learner
 from workers.erasure import finalize_deletion
 
 SKIP = Outcome.skipped

@@ -19,7 +19,7 @@ from producer.submit import SubmitError, submit
 from shared.actions import Actor
 from shared.db import get_sessionmaker
 from shared.models import BatchItem, Group, GroupMembership, Learner
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 
 app = create_app(dispatch=False)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)

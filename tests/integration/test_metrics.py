@@ -15,9 +15,9 @@ from sqlalchemy import func, select, text
 
 from batchctl.seed import seed_school
 from shared.models import Course, Learner
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RABBIT_METRICS = "http://127.0.0.1:15692/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count"
 
 

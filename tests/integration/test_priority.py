@@ -20,8 +20,8 @@ from shared.dispatch import dispatch_step
 from shared.models import Group
 from shared.publish import ConfirmedPublisher
 from shared.settings import Settings
-from tests.factories import learner_ids
-from tests.services import RabbitVhost
+from tests.support.factories import learner_ids
+from tests.support.services import RabbitVhost
 
 WINDOW = 40
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from batchctl.seed import seed_school
 from shared.models import Group, GroupMembership
-from tests.factories import make_learner
+from tests.support.factories import make_learner
 
 
 def batchctl(stack, token, *args: str) -> subprocess.CompletedProcess:

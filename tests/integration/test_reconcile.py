@@ -16,7 +16,7 @@ from shared.db import get_sessionmaker
 from shared.models import Batch, BatchItem, Group, GroupMembership, Learner
 from shared.publish import ConfirmedPublisher
 from shared.settings import Settings
-from tests.factories import make_learner
+from tests.support.factories import make_learner
 from workers.reconcile import reconcile_once
 
 

@@ -19,7 +19,7 @@ from shared.models import (
     Learner,
     LearnerSettings,
 )
-from tests.factories import learner_ids
+from tests.support.factories import learner_ids
 
 LEARNERS = 2000
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from batchctl.seed import seed_school
 from shared.models import AuditEntry, Learner
 from shared.redaction import redact
-from tests.factories import make_learner
+from tests.support.factories import make_learner
 from tests.test_erasure_and_idempotency import tables_mentioning
 
 
