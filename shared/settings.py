@@ -7,13 +7,19 @@ the same names; they are part of the contract in DESIGN.md.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# HMAC keys shorter than this are refused (`openssl rand -hex 32` gives 64 characters).
+MIN_KEY_BYTES = 32
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # Errors never echo a value: settings hold keys and passwords.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     # Embedded mode: a SQLite file in the working directory.
     database_url: str = "sqlite:///batch_actions.db"
@@ -54,6 +60,26 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9191, ge=0, le=65535)
 
+    # Message integrity, SMTP and invitation links (docs/SECURITY.md, audit of
+    # 2026-11-29). Signed messages older than this are rejected. The oldest
+    # legitimate one is a finalize_deletion message: DELETION_GRACE_SECONDS,
+    # then RETRY_MAX retries (about 14 minutes of backoff at the defaults) and
+    # a 60 s time limit per attempt, about 26 minutes in all; an hour leaves
+    # room for a backlog. One rejected as too old is late, not lost: the
+    # reconciler republishes its item (and purges the deletion) anew.
+    message_max_age_seconds: int = Field(default=3600, ge=60)
+    # CA bundle (PEM) to verify the SMTP server by, for a private CA; empty
+    # means the system's trusted CAs.
+    smtp_ca_file: str = ""
+    # Where invitation links point; each link appends its token to it.
+    invite_url_base: str = "https://learn.example/invitations"
+    # An invitation link stops working this long after its email is written.
+    invite_link_ttl_hours: int = Field(default=168, ge=1)
+    # HMAC key of invitation links (32+ bytes), so that rotating SIGNING_KEY
+    # leaves outstanding links working. Empty: derived from SIGNING_KEY (and
+    # SIGNING_KEY_PREVIOUS is accepted for links too while rotating).
+    invite_link_key: str = ""
+
     @field_validator("database_url")
     @classmethod
     def _use_psycopg3(cls, url: str) -> str:
@@ -62,6 +88,72 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _no_password_in_clear(cls, url: str) -> str:
+        if not url:
+            return url
+        parsed = urlparse(url)
+        if parsed.scheme not in ("smtp", "smtp+starttls", "smtps"):
+            raise ValueError(
+                "SMTP_URL must start with smtps:// (TLS, port 465), smtp+starttls:// "
+                "(STARTTLS, port 587) or smtp:// (unencrypted, no login)"
+            )
+        if parsed.scheme == "smtp" and parsed.username:
+            raise ValueError(
+                "SMTP_URL has a login on an unencrypted smtp:// connection, which would "
+                "send the password in clear; use smtps://user:password@host:465 or "
+                "smtp+starttls://user:password@host:587"
+            )
+        return url
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, path: str) -> str:
+        if path and not Path(path).is_file():
+            raise ValueError("SMTP_CA_FILE names no readable file; give the PEM bundle's path")
+        return path
+
+    @field_validator("invite_url_base")
+    @classmethod
+    def _link_base_is_a_url(cls, base: str) -> str:
+        if urlparse(base).scheme not in ("https", "http") or not urlparse(base).hostname:
+            raise ValueError(
+                "INVITE_URL_BASE must be a URL, e.g. https://learn.example/invitations"
+            )
+        return base.rstrip("/")
+
+    @model_validator(mode="after")
+    def _keys_are_long_enough(self) -> Settings:
+        if self.broker_url.startswith("amqp") and not self.signing_key:
+            raise ValueError(
+                "SIGNING_KEY is required with a RabbitMQ BROKER_URL (workers would act on "
+                "anyone's messages): give every process the same 32+ byte key, "
+                "e.g. `openssl rand -hex 32`"
+            )
+        for name in ("signing_key", "signing_key_previous", "invite_link_key"):
+            if 0 < len(getattr(self, name).encode()) < MIN_KEY_BYTES:
+                raise ValueError(
+                    f"{name.upper()} must be at least {MIN_KEY_BYTES} bytes; "
+                    "generate one with `openssl rand -hex 32`"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _old_messages_are_legitimate_until_max_age(self) -> Settings:
+        backoff_ms = sum(
+            min(2 * self.retry_min_backoff_ms * 2**n, self.retry_max_backoff_ms)
+            for n in range(self.retry_max)
+        )
+        needed = self.deletion_grace_seconds + backoff_ms // 1000
+        if self.message_max_age_seconds <= needed:
+            raise ValueError(
+                f"MESSAGE_MAX_AGE_SECONDS must be more than DELETION_GRACE_SECONDS plus the "
+                f"longest retry backoff ({needed} s here), or legitimate messages are "
+                f"rejected; set it to at least {needed + 600}"
+            )
+        return self
 
 
 @lru_cache

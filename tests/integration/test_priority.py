@@ -5,6 +5,7 @@ fits in one window at the higher priority (DESIGN.md, "Bounded and fair")."""
 from __future__ import annotations
 
 import json
+import secrets
 
 import pika
 from sqlalchemy import select
@@ -49,7 +50,9 @@ def test_a_small_batch_is_delivered_before_a_big_batch_already_queued(fresh_pg_u
         small = batch({"learner_ids": list(learners[:3])})
 
     vhost = RabbitVhost()
-    broker = build_broker(Settings(broker_url=vhost.url, database_url=fresh_pg_url))
+    broker = build_broker(
+        Settings(broker_url=vhost.url, database_url=fresh_pg_url, signing_key=secrets.token_hex(32))
+    )
     publisher = ConfirmedPublisher(broker)
     try:
         queued_big = dispatch_step(sessions, big, publisher, WINDOW)
