@@ -1,4 +1,6 @@
-"""Test fixtures. Tests run against the real local PostgreSQL, RabbitMQ and Redis.
+"""Fixtures shared by the tiers: tests/unit (no services: SQLite and the
+in-process broker, see its conftest), tests/integration (the real local
+PostgreSQL, RabbitMQ and Redis) and tests/faults.
 
 Each test run gets its own PostgreSQL database, migrated with Alembic. Tests do
 not truncate: each builds its own school, and every query is school-scoped,
@@ -7,34 +9,24 @@ which is also what the product promises.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-PG_ADMIN_URL = os.environ.get(
-    "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1/postgres"
+from tests.support.environment import environment
+from tests.support.services import (
+    Process,
+    RabbitVhost,
+    SmtpServer,
+    create_database,
+    drop_database,
+    free_port,
+    http_ok,
+    stack_env,
+    wait_until,
 )
-
-
-def _create_database(name: str) -> str:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(name: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +34,13 @@ def database_url() -> Iterator[str]:
     """A fresh PostgreSQL database migrated to head, also exported as DATABASE_URL
     so that subprocesses (workers, producer) started by tests use it."""
     from batchctl.migrate import upgrade
-    from shared.settings import get_settings
 
     name = f"batch_actions_test_{uuid.uuid4().hex[:8]}"
-    url = _create_database(name)
+    url = create_database(name)
     upgrade(url)
-    os.environ["DATABASE_URL"] = url
-    get_settings.cache_clear()
-    yield url
-    _drop_database(name)
+    with environment(DATABASE_URL=url):
+        yield url
+    drop_database(name)
 
 
 @pytest.fixture
@@ -77,8 +67,8 @@ def school(session: Session):
 def fresh_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database, dropped after the test."""
     name = f"batch_actions_empty_{uuid.uuid4().hex[:8]}"
-    yield _create_database(name)
-    _drop_database(name)
+    yield create_database(name)
+    drop_database(name)
 
 
 # End-to-end: real RabbitMQ, Redis, SMTP, producer and worker processes.
@@ -108,16 +98,6 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
-    from tests.support.services import (
-        Process,
-        RabbitVhost,
-        SmtpServer,
-        free_port,
-        stack_env,
-        wait_for_consumers,
-        wait_http,
-    )
-
     logs = tmp_path_factory.mktemp("stack-logs")
     vhost = RabbitVhost()
     smtp = SmtpServer()
@@ -131,13 +111,16 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         DELETION_GRACE_SECONDS="1",
         SMTP_RATE_PER_SECOND="500",
     )
-    producer = Process(["serve", "--port", str(port)], env, logs / "producer.log")
-    worker = Process(["worker", "--processes", "1", "--threads", "8"], env, logs / "worker.log")
+    producer = Process.batchctl(["serve", "--port", str(port)], env, logs / "producer.log")
+    worker = Process.batchctl(
+        ["worker", "--processes", "1", "--threads", "8"], env, logs / "worker.log"
+    )
     running = Stack(env, f"http://127.0.0.1:{port}", vhost, smtp, producer, worker)
     try:
-        wait_http(f"{running.base_url}/healthz", producer)
-        wait_for_consumers(vhost, "add_to_group", worker)
-        wait_http(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics", worker)
+        wait_until(lambda: http_ok(f"{running.base_url}/healthz"), 30, "the producer", producer)
+        wait_until(lambda: vhost.queues.consumers("add_to_group"), 60, "the worker", worker)
+        metrics = f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
+        wait_until(lambda: http_ok(metrics), 30, "the worker's metrics", worker)
         yield running
     finally:
         producer.stop()

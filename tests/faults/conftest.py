@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import FaultStack, Row, format_table, start_stack
+from tests.support.services import create_database, drop_database
 
 ROWS = pytest.StashKey[list[Row]]()
 LAST_RUN = Path(__file__).with_name("last-run.txt")
@@ -26,13 +27,12 @@ def database_url() -> Iterator[str]:
     session `stack`) sharing it would take this suite's batches to its own
     broker and SMTP server, and the other way round."""
     from batchctl.migrate import upgrade
-    from tests.conftest import _create_database, _drop_database
 
     name = f"batch_actions_faults_{uuid.uuid4().hex[:8]}"
-    url = _create_database(name)
+    url = create_database(name)
     upgrade(url)
     yield url
-    _drop_database(name)
+    drop_database(name)
 
 
 @pytest.fixture

@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import pika
-import pika.exceptions
 from sqlalchemy import text
 
-from shared.contract import QUEUES
 from tests.support.services import (
     Process,
+    Queues,
     RabbitVhost,
     SmtpServer,
     free_port,
+    http_ok,
+    rabbitmqctl,
     stack_env,
-    wait_http,
+    wait_until,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,55 +161,6 @@ class Pod:
         return self.log_path.read_text(errors="replace")
 
 
-class Queues:
-    """Queue depths and consumers over AMQP (passive declares): cheaper than
-    starting `rabbitmqctl` on a two-core machine."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def stats(self, names: list[str]) -> dict[str, tuple[int, int]]:
-        """{queue: (messages ready, consumers)}; absent queues are left out."""
-        result = {}
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        try:
-            for name in names:
-                channel = connection.channel()
-                try:
-                    method = channel.queue_declare(name, passive=True).method
-                    result[name] = (method.message_count, method.consumer_count)
-                    channel.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    pass  # 404: not declared yet
-        finally:
-            connection.close()
-        return result
-
-    def dead_letters(self) -> int:
-        return sum(n for n, _ in self.stats([f"{q}.XQ" for q in QUEUES]).values())
-
-    def consumers(self, queue: str) -> int:
-        return self.stats([queue]).get(queue, (0, 0))[1]
-
-    def publish_raw(self, queue: str, body: bytes) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            channel.basic_publish(
-                "", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True
-            )
-        finally:
-            connection.close()
-
-    def purge(self, queue: str) -> int:
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        try:
-            return connection.channel().queue_purge(queue).method.message_count
-        finally:
-            connection.close()
-
-
 @dataclass
 class FaultStack:
     env: dict
@@ -223,7 +174,7 @@ class FaultStack:
 
     @property
     def queues(self) -> Queues:
-        return Queues(self.vhost.url)
+        return self.vhost.queues
 
     def client(self, token: str):
         from producer.client import BatchClient
@@ -264,14 +215,14 @@ class FaultStack:
     def wait_ready(self, queue: str, timeout: float = 60) -> None:
         """Until the producer answers and every pod's processes consume `queue`."""
         if self.producer is not None:
-            wait_http(f"{self.base_url}/healthz", self.producer, timeout)
+            healthz = f"{self.base_url}/healthz"
+            wait_until(lambda: http_ok(healthz), timeout, "the producer", self.producer)
         wanted = PROCESSES * sum(1 for pod in self.pods if pod.restart)
-        deadline = time.monotonic() + timeout
-        while self.queues.consumers(queue) < wanted:
-            if time.monotonic() > deadline:
-                logs = "\n".join(pod.output()[-1500:] for pod in self.pods)
-                raise TimeoutError(f"{wanted} consumers not up on {queue}:\n{logs}")
-            time.sleep(0.3)
+        try:
+            wait_until(lambda: self.queues.consumers(queue) >= wanted, timeout, queue, every=0.3)
+        except TimeoutError as error:
+            logs = "\n".join(pod.output()[-1500:] for pod in self.pods)
+            raise TimeoutError(f"{wanted} consumers not up on {error}:\n{logs}") from None
 
     def stop(self) -> None:
         for pod in self.pods:
@@ -290,8 +241,8 @@ def start_stack(database_url: str, logs: Path, pods: int = 2, **pod_options) -> 
     port = free_port()
     env = stack_env(database_url, vhost, smtp, **SETTINGS, PYTHONPATH=str(ROOT))
     stack = FaultStack(env, f"http://127.0.0.1:{port}", vhost, smtp, logs)
-    stack.producer = Process(["serve", "--port", str(port)], env, logs / "producer.log")
-    stack.reconciler = Process(["reconcile"], env, logs / "reconciler.log")
+    stack.producer = Process.batchctl(["serve", "--port", str(port)], env, logs / "producer.log")
+    stack.reconciler = Process.batchctl(["reconcile"], env, logs / "reconciler.log")
     for _ in range(pods):
         stack.add_pod(**pod_options)
     return stack
@@ -299,10 +250,6 @@ def start_stack(database_url: str, logs: Path, pods: int = 2, **pod_options) -> 
 
 # Faults on the machine's shared services. On a shared machine run the suite
 # under `flock /tmp/batch-actions-machine.lock` (see the Makefile's `faults`).
-
-
-def rabbitmqctl(*args: str, timeout: float = 120) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -325,10 +272,7 @@ def redis_answers() -> bool:
 
 def stop_redis() -> None:
     subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
-    deadline = time.monotonic() + 30
-    while redis_answers():
-        assert time.monotonic() < deadline, "Redis did not stop"
-        time.sleep(0.1)
+    wait_until(lambda: not redis_answers(), 30, "Redis to stop", every=0.1)
 
 
 def start_redis() -> None:
@@ -337,10 +281,7 @@ def start_redis() -> None:
     os.makedirs("/var/lib/redis", exist_ok=True)
     os.makedirs("/var/log/redis", exist_ok=True)
     subprocess.run(REDIS_START, check=True, capture_output=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while not redis_answers():
-        assert time.monotonic() < deadline, "Redis did not start"
-        time.sleep(0.1)
+    wait_until(redis_answers, 30, "Redis to start", every=0.1)
 
 
 def kill_worker_connections(session) -> int:
@@ -368,24 +309,28 @@ def finished_items(session, batch_id: int) -> int:
 
 
 def wait_progress(session, batch_id: int, total: int, fraction: float, timeout=120) -> None:
-    deadline = time.monotonic() + timeout
-    while finished_items(session, batch_id) < fraction * total:
-        assert time.monotonic() < deadline, f"batch {batch_id} made no progress"
-        time.sleep(0.05)
+    wait_until(
+        lambda: finished_items(session, batch_id) >= fraction * total,
+        timeout,
+        f"batch {batch_id} to finish {fraction:.0%} of its learners",
+        every=0.05,
+    )
 
 
 def wait_completed(session, batch_id: int, timeout: float = 180) -> datetime | None:
     """When the batch completed (its finished_at), or None after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> tuple[datetime | None] | None:
         session.rollback()
         status, finished = session.execute(
             text("SELECT status, finished_at FROM batches WHERE id = :b"), {"b": batch_id}
         ).one()
-        if status not in ("pending", "running", "cancelling"):
-            return finished
-        time.sleep(0.2)
-    return None
+        return None if status in ("pending", "running", "cancelling") else (finished,)
+
+    try:
+        return wait_until(ended, timeout, f"batch {batch_id} to end")[0]
+    except TimeoutError:
+        return None
 
 
 def wait_emails_settled(session, batch_id: int, smtp: SmtpServer, timeout: float = 30) -> None:

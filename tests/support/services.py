@@ -1,9 +1,11 @@
-"""Real services for end-to-end tests: a RabbitMQ vhost of our own, a Redis
-database of our own, an SMTP server that records what it receives, and the
-producer and worker processes started the way `batchctl` starts them."""
+"""Real services, shared by the tests, the fault suite and the bench: a
+PostgreSQL database, a RabbitMQ vhost and a Redis database of our own, an
+SMTP server that records what it receives, `batchctl` subprocesses, and one
+way to wait for any of them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -14,14 +16,25 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+import pika
+import pika.exceptions
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1/postgres"
+)
 RABBIT = "amqp://guest:guest@127.0.0.1:5672"
 REDIS_TEST_DB = 11
+
+T = TypeVar("T")
 
 
 # Ports for our servers come from below the kernel's ephemeral range (32768
@@ -47,45 +60,161 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    process: Process | None = None,
+    every: float = 0.2,
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that.
+
+    A predicate that raises counts as not yet (services refuse connections
+    while they start); the last error is in the timeout's message. With a
+    `process`, its exit ends the wait at once, and its log's tail is in the
+    error either way: that is where the reason usually is."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        if process is not None and not process.alive():
+            raise RuntimeError(f"{what}: the process exited\n{process.tail()}")
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 (reported on timeout)
+            last_error = error
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(every)
+    message = f"{what}: not within {timeout:g} s"
+    if last_error is not None:
+        message += f" (last error: {last_error!r})"
+    if process is not None:
+        message += f"\n{process.tail()}"
+    raise TimeoutError(message)
+
+
+def http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+# PostgreSQL.
+
+
+def _admin_engine(admin_url: str):
+    # psycopg 3 whatever the URL says: plain postgresql:// means psycopg2 to SQLAlchemy.
+    url = make_url(admin_url).set(drivername="postgresql+psycopg")
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+def create_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
+    """An empty database `name` (dropped first if it exists); its SQLAlchemy URL."""
+    admin = _admin_engine(admin_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    admin.dispose()
+    return url
+
+
+def drop_database(name: str, admin_url: str = PG_ADMIN_URL) -> None:
+    admin = _admin_engine(admin_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+# RabbitMQ.
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=timeout
+    ).stdout
+
+
+class Queues:
+    """Queue depths and consumers over AMQP (passive declares): cheaper than
+    starting `rabbitmqctl` on a two-core machine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stats(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """{queue: (messages ready, consumers)}; absent queues are left out."""
+        result = {}
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            for name in names:
+                channel = connection.channel()
+                try:
+                    method = channel.queue_declare(name, passive=True).method
+                    result[name] = (method.message_count, method.consumer_count)
+                    channel.close()
+                except pika.exceptions.ChannelClosedByBroker:
+                    pass  # 404: not declared yet
+        finally:
+            connection.close()
+        return result
+
+    def dead_letters(self) -> int:
+        from shared.contract import QUEUES
+
+        return sum(n for n, _ in self.stats([f"{q}.XQ" for q in QUEUES]).values())
+
+    def consumers(self, queue: str) -> int:
+        return self.stats([queue]).get(queue, (0, 0))[1]
+
+    def publish_raw(self, queue: str, body: bytes) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish(
+                "", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True
+            )
+        finally:
+            connection.close()
+
+    def purge(self, queue: str) -> int:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            return connection.channel().queue_purge(queue).method.message_count
+        finally:
+            connection.close()
 
 
 class RabbitVhost:
-    """A throwaway vhost, so queues of one test run never meet another's."""
+    """A throwaway vhost, so queues of one run never meet another's."""
 
-    def __init__(self) -> None:
-        self.name = f"batch_test_{uuid.uuid4().hex[:8]}"
+    def __init__(self, prefix: str = "batch_test", server: str = RABBIT) -> None:
+        self.name = f"{prefix}_{uuid.uuid4().hex[:8]}"
         rabbitmqctl("add_vhost", self.name)
         rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        self.url = f"{RABBIT}/{self.name}"
+        self.url = f"{server}/{self.name}"
+        self.queues = Queues(self.url)
 
     def queue_depths(self) -> dict[str, int]:
-        out = subprocess.run(
-            [
-                "rabbitmqctl",
-                "-q",
-                "list_queues",
-                "-p",
-                self.name,
-                "name",
-                "messages",
-                "--no-table-headers",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        out = rabbitmqctl(
+            "list_queues", "-p", self.name, "name", "messages", "--no-table-headers", timeout=60
+        )
         return {name: int(n) for name, n in (line.split() for line in out.splitlines() if line)}
 
     def delete(self) -> None:
         rabbitmqctl("delete_vhost", self.name)
 
 
-def redis_url() -> str:
+# Redis.
+
+
+def redis_url(db: int = REDIS_TEST_DB) -> str:
     """Progress keys are namespaced by database, so runs never need a flush."""
-    return f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+    return f"redis://127.0.0.1:6379/{db}"
+
+
+# SMTP.
 
 
 @dataclass
@@ -106,10 +235,13 @@ class Inbox:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    """A local SMTP server (aiosmtpd) handing what it receives to `handler`,
+    an `Inbox` unless told otherwise."""
+
+    def __init__(self, handler=None) -> None:
         from aiosmtpd.controller import Controller
 
-        self.inbox = Inbox()
+        self.inbox = handler if handler is not None else Inbox()
         self.port = free_port()
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
         self.controller.start()
@@ -117,6 +249,9 @@ class SmtpServer:
 
     def stop(self) -> None:
         self.controller.stop()
+
+
+# The product's processes.
 
 
 def stack_env(
@@ -138,73 +273,69 @@ def stack_env(
 
 
 class Process:
-    """A `batchctl` subprocess with its output in a log file."""
+    """A subprocess in its own process group, with its output in a log file."""
 
-    def __init__(self, args: list[str], env: dict, log_path: Path) -> None:
+    def __init__(self, argv: list[str], env: dict, log_path: Path) -> None:
         self.log_path = log_path
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "batchctl", *args],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    @classmethod
+    def batchctl(cls, args: list[str], env: dict, log_path: Path) -> Process:
+        return cls([sys.executable, "-m", "batchctl", *args], env, log_path)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
 
     def signal(self, sig: int) -> None:
         os.killpg(self.popen.pid, sig)
 
     def stop(self, timeout: float = 30) -> None:
-        if self.popen.poll() is None:
-            self.signal(signal.SIGTERM)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    self.signal(signal.SIGKILL)
                 self.popen.wait()
         self.log.close()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def tail(self, chars: int = 3000) -> str:
+        return self.output()[-chars:]
 
-def wait_http(url: str, process: Process, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"process exited:\n{process.output()[-3000:]}")
+    # CPU and memory, for the bench (psutil comes with its extra).
+
+    def tree(self) -> list:
+        import psutil
+
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not up:\n{process.output()[-3000:]}")
+            root = psutil.Process(self.popen.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and all its live descendants."""
+        import psutil
 
-def wait_for_consumers(vhost: RabbitVhost, queue: str, process: Process, timeout=60) -> None:
-    """Until the worker process consumes from `queue` (workers are ready)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"worker exited:\n{process.output()[-3000:]}")
-        out = subprocess.run(
-            [
-                "rabbitmqctl",
-                "-q",
-                "list_queues",
-                "-p",
-                vhost.name,
-                "name",
-                "consumers",
-                "--no-table-headers",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        consumers = dict(line.split() for line in out.splitlines() if line)
-        if int(consumers.get(queue, 0)) > 0:
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"no consumer on {queue}:\n{process.output()[-3000:]}")
+        total = 0.0
+        for proc in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            return psutil.Process(self.popen.pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            return 0
