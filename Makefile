@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test faults lint bench clean
+.PHONY: demo test test-fast faults lint bench clean
 
 $(BIN)/batchctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,21 @@ $(VENV)/.deploy-tools: deploy/install-tools.sh $(BIN)/batchctl
 demo: $(BIN)/batchctl
 	$(BIN)/batchctl demo
 
-test: $(BIN)/batchctl $(VENV)/.deploy-tools
-	$(BIN)/pytest
+# `make test` (what CI runs) in tiers, each only once the one before passed:
+# 1 fast, no services (SQLite, Dramatiq's StubBroker; `make test-fast` alone,
+# for the edit-run loop); 2 integration on the real PostgreSQL, RabbitMQ and
+# Redis; 3 the fault suite. A tier that collects no tests fails (pytest exit 5).
+test-fast: $(BIN)/batchctl $(VENV)/.deploy-tools
+	@echo "== tier 1: fast (no services) =="
+	$(BIN)/pytest tests/unit
 
-# The fault-injection suite alone (also part of `make test`); prints one row
+test: test-fast
+	@echo "== tier 2: integration (PostgreSQL, RabbitMQ, Redis) =="
+	$(BIN)/pytest tests/integration
+	@echo "== tier 3: faults (stops and starts RabbitMQ and Redis) =="
+	$(BIN)/pytest tests/faults -m faults
+
+# The fault-injection suite alone (tier 3 of `make test`); prints one row
 # per scenario (docs/RELIABILITY.md). It stops and starts RabbitMQ and Redis:
 # on a shared machine, `flock /tmp/batch-actions-machine.lock make faults`.
 faults: $(BIN)/batchctl
