@@ -37,7 +37,10 @@ def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
     middleware = [TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS)]
     if settings.signing_key:
         # First in the list: its before_process_message runs before any other.
-        middleware.insert(0, SignMessages(settings.signing_key, settings.signing_key_previous))
+        signer = SignMessages(
+            settings.signing_key, settings.signing_key_previous, settings.message_max_age_seconds
+        )
+        middleware.insert(0, signer)
     if settings.broker_url.startswith("amqp"):
         return RabbitmqBroker(
             url=settings.broker_url,
