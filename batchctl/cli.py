@@ -375,7 +375,8 @@ def dlq_replay(
         verb = "would replay" if dry_run else "replayed"
         console.print(
             f"{name}.XQ: {verb} {report.replayed:,} (items reopened: {report.reopened:,}); "
-            f"unreadable, left in place: {report.unreadable:,}"
+            f"left in place: unreadable {report.unreadable:,}, "
+            f"refused (unsigned or forged) {report.refused:,}"
         )
 
 

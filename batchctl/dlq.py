@@ -3,8 +3,11 @@
 Replaying a batch item's message reopens its item (failed -> pending, and a
 completed batch back to running) before publishing it again, because a
 message whose item is already finished would be acked without effect.
-Unreadable messages (a body that is not a Dramatiq message) are never
-replayed; they stay until purged.
+Replay re-signs what it publishes, so it first checks each dead letter's
+own signature (current or previous key): a message the workers rejected as
+unsigned or forged is never replayed (replaying it would make the forgery
+valid), and neither is an unreadable body. Both stay until purged; `list`
+shows which they are.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.contract import ITEM_ACTORS, QUEUES
 from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.publish import ConfirmedPublisher
+from shared.signing import SignMessages, verify
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -35,17 +39,26 @@ class DeadLetter:
     queue: str
     message: dramatiq.Message | None  # None: the body is not a Dramatiq message
     delivery_tag: int
+    # None when correctly signed, else why not ("unsigned", "bad_signature").
+    signature_problem: str | None = None
+
+    @property
+    def replayable(self) -> bool:
+        return self.message is not None and self.signature_problem is None
 
     def describe(self) -> dict:
         if self.message is None:
-            return {"queue": self.queue, "readable": False}
+            return {"queue": self.queue, "readable": False, "replayable": False}
+        options = self.message.options if isinstance(self.message.options, dict) else {}
         return {
             "queue": self.queue,
             "readable": True,
+            "replayable": self.replayable,
+            "signature": self.signature_problem or "valid",
             "message_id": self.message.message_id,
             "actor": self.message.actor_name,
             "args": list(self.message.args),
-            "retries": self.message.options.get("retries", 0),
+            "retries": options.get("retries", 0),
         }
 
 
@@ -55,6 +68,7 @@ class Report:
     replayed: int = 0
     reopened: int = 0
     unreadable: int = 0
+    refused: int = 0  # readable, but not correctly signed
     purged: int = 0
 
 
@@ -83,7 +97,12 @@ def counts(broker: RabbitmqBroker, queues: list[str]) -> dict[str, int]:
     return result
 
 
-def _take(channel, queue: str, limit: int) -> list[DeadLetter]:
+def signing_keys(broker: dramatiq.Broker) -> list[str]:
+    """The keys the workers accept; none (so nothing verifies) without signing."""
+    return [key for m in broker.middleware if isinstance(m, SignMessages) for key in m.keys]
+
+
+def _take(channel, queue: str, limit: int, keys: list[str]) -> list[DeadLetter]:
     taken = []
     while len(taken) < limit:
         method, _properties, body = channel.basic_get(dead_letter_queue(queue), auto_ack=False)
@@ -93,14 +112,15 @@ def _take(channel, queue: str, limit: int) -> list[DeadLetter]:
             message = dramatiq.Message.decode(body)
         except Exception:
             message = None
-        taken.append(DeadLetter(queue, message, method.delivery_tag))
+        problem = None if message is None else verify(keys, message)
+        taken.append(DeadLetter(queue, message, method.delivery_tag, problem))
     return taken
 
 
 def peek(broker: RabbitmqBroker, queue: str, limit: int = 20) -> list[DeadLetter]:
     """The first `limit` dead letters, left where they are."""
     with _channel(broker) as channel:
-        letters = _take(channel, queue, limit)
+        letters = _take(channel, queue, limit, signing_keys(broker))
         if letters:
             channel.basic_nack(letters[-1].delivery_tag, multiple=True, requeue=True)
     return letters
@@ -137,15 +157,17 @@ def replay(
     limit: int = 1000,
     dry_run: bool = False,
 ) -> Report:
-    """Publish up to `limit` readable dead letters of `queue` again (confirmed),
-    then remove them from the dead-letter queue. With `dry_run`, only count."""
+    """Publish up to `limit` correctly signed dead letters of `queue` again
+    (confirmed), then remove them from the dead-letter queue; unreadable and
+    badly signed ones stay. With `dry_run`, only count."""
     report = Report()
     publisher = ConfirmedPublisher(broker)
     try:
         with _channel(broker) as channel:
-            letters = _take(channel, queue, limit)
-            keep = [d for d in letters if d.message is None or dry_run]
+            letters = _take(channel, queue, limit, signing_keys(broker))
+            keep = [d for d in letters if not d.replayable or dry_run]
             report.unreadable = sum(d.message is None for d in letters)
+            report.refused = sum(d.message is not None and not d.replayable for d in letters)
             for letter in letters:
                 if letter in keep:
                     continue
@@ -163,7 +185,7 @@ def replay(
                 channel.basic_ack(letter.delivery_tag)
                 report.replayed += 1
             if dry_run:
-                report.replayed = len(letters) - report.unreadable
+                report.replayed = len(letters) - report.unreadable - report.refused
             for letter in keep:
                 channel.basic_nack(letter.delivery_tag, requeue=True)
     finally:

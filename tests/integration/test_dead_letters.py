@@ -6,11 +6,18 @@ import json
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
-from sqlalchemy import func, select, text
+import pika
+from sqlalchemy import func, select, text, update
 
 from batchctl.seed import seed_school
-from shared.models import BatchItem, Group, GroupMembership
+from producer.schemas import BatchRequest
+from producer.submit import submit
+from shared.actions import Actor
+from shared.dispatch import item_message
+from shared.models import Batch, BatchItem, Group, GroupMembership, Learner
+from shared.signing import signature
 from tests.support.factories import learner_ids
 
 
@@ -98,3 +105,50 @@ def test_dead_letters_are_listed_and_replayed_after_the_cause_is_fixed(stack, se
     assert stack.vhost.queue_depths().get("add_to_group.XQ", 0) == 0
     purged = batchctl(stack, "dlq", "purge", "--dry-run")
     assert purged.returncode == 0 and "would drop 0" in purged.stderr
+
+
+def test_forged_dead_letters_are_listed_as_such_and_never_replayed(stack, session):
+    """Replay signs what it publishes: a message the workers rejected as
+    unsigned or forged must not become valid by being replayed."""
+    seeded = seed_school(session, learners=10, groups=1, courses=1, name="Forged Letters")
+    victims = learner_ids(session, seeded.school_id)[:2]
+    request = BatchRequest.model_validate(
+        {"action": "deactivate_learner", "selection": {"learner_ids": victims}}
+    )
+    batch = submit(session, Actor(seeded.school_id, seeded.admin_id), request).batch
+    # As far as dispatch knows, already published: only our messages reach the items.
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id)
+        .values(dispatch_cursor=max(victims), dispatched_at=batch.created_at + timedelta(days=1))
+    )
+    session.commit()
+    batchctl(stack, "dlq", "purge", "--queue", "deactivate_learner", "--yes")
+
+    unsigned = item_message("deactivate_learner", batch.id, victims[0])
+    forged = item_message("deactivate_learner", batch.id, victims[1])
+    forged.options["signature"] = signature("an attacker's key " + "x" * 32, forged)
+    connection = pika.BlockingConnection(pika.URLParameters(stack.vhost.url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for message in (unsigned, forged):
+        channel.basic_publish("", "deactivate_learner", message.encode())
+    connection.close()
+    wait_until(lambda: stack.vhost.queue_depths().get("deactivate_learner.XQ") == 2)
+
+    listed = batchctl(stack, "dlq", "list", "--queue", "deactivate_learner")
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(letter["signature"] for letter in letters) == ["bad_signature", "unsigned"]
+    assert not any(letter["replayable"] for letter in letters)
+
+    replayed = batchctl(stack, "dlq", "replay", "--queue", "deactivate_learner")
+    assert "replayed 0" in replayed.stderr, replayed.stderr
+    assert "refused (unsigned or forged) 2" in replayed.stderr, replayed.stderr
+    time.sleep(2)
+    assert stack.vhost.queue_depths().get("deactivate_learner.XQ") == 2
+    session.expire_all()
+    statuses = set(session.scalars(select(Learner.status).where(Learner.id.in_(victims))))
+    assert "deactivated" not in statuses
+    outcomes = session.scalars(select(BatchItem.outcome).where(BatchItem.batch_id == batch.id))
+    assert set(outcomes) == {"pending"}
+    batchctl(stack, "dlq", "purge", "--queue", "deactivate_learner", "--yes")

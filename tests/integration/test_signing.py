@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import dramatiq
 import httpx
+import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from prometheus_client.parser import text_string_to_metric_families
@@ -124,3 +125,101 @@ def test_a_message_signed_with_the_previous_key_is_still_accepted(stack, session
         time.sleep(0.2)
     assert outcome == "applied"
     assert session.scalar(select(Learner.status).where(Learner.id == first)) == "deactivated"
+
+
+def publish_raw(stack, queue: str, messages: list[dramatiq.Message]) -> None:
+    """Straight onto a queue, as anyone with broker credentials can."""
+    connection = pika.BlockingConnection(pika.URLParameters(stack.vhost.url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for message in messages:
+            channel.basic_publish(
+                "", queue, message.encode(), pika.BasicProperties(delivery_mode=2)
+            )
+    finally:
+        connection.close()
+
+
+def signed_message(stack, batch_id: int, learner_id: int, **fields) -> dramatiq.Message:
+    message = dramatiq.Message(
+        **{**item_message("deactivate_learner", batch_id, learner_id)._asdict(), **fields}
+    )
+    message.options["signature"] = signature(stack.env["SIGNING_KEY"], message)
+    return message
+
+
+def wait_rejected(stack, before: float, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while rejected(stack) - before < n:
+        assert time.monotonic() < deadline, f"{n} messages were not rejected"
+        time.sleep(0.2)
+
+
+def untouched(session, batch_id: int, learners: list[int]) -> bool:
+    session.expire_all()
+    statuses = set(session.scalars(select(Learner.status).where(Learner.id.in_(learners))))
+    outcomes = set(
+        session.scalars(
+            select(BatchItem.outcome).where(
+                BatchItem.batch_id == batch_id, BatchItem.learner_id.in_(learners)
+            )
+        )
+    )
+    return "deactivated" not in statuses and outcomes == {"pending"}
+
+
+def test_options_changed_after_signing_are_rejected(stack, session, parked_batch):
+    """Retry counts, time limits and delays change what a worker does, so a
+    signed message whose options were changed is a forgery."""
+    batch_id, (first, second, _) = parked_batch
+    before = rejected(stack)
+    more_time = signed_message(stack, batch_id, first)
+    more_time.options["time_limit"] = 3_600_000
+    delayed = signed_message(stack, batch_id, second)
+    delayed.options["eta"] = int(time.time() * 1000)
+    publish_raw(stack, "deactivate_learner", [more_time, delayed])
+    wait_rejected(stack, before, 2)
+    time.sleep(1)
+    assert untouched(session, batch_id, [first, second]), debug_state(session, batch_id)
+
+
+def test_the_delay_queue_does_not_launder_unsigned_messages(stack, session, parked_batch):
+    """A worker re-enqueues, and so re-signs, a delayed message when it is
+    due; an unsigned one put on the delay queue must not come out signed."""
+    batch_id, (first, _, _) = parked_batch
+    before = rejected(stack)
+    unsigned = item_message("deactivate_learner", batch_id, first)
+    unsigned.options["eta"] = int(time.time() * 1000)
+    publish_raw(stack, "deactivate_learner.DQ", [unsigned])
+    wait_rejected(stack, before, 1)
+    time.sleep(1.5)
+    assert untouched(session, batch_id, [first])
+
+
+def test_a_signed_message_older_than_the_maximum_age_is_rejected(stack, session, parked_batch):
+    batch_id, (first, second, _) = parked_batch
+    before = rejected(stack)
+    two_hours_ago = int(time.time() * 1000) - 2 * 3600 * 1000
+    publish_raw(
+        stack,
+        "deactivate_learner",
+        [signed_message(stack, batch_id, first, message_timestamp=two_hours_ago)],
+    )
+    wait_rejected(stack, before, 1)
+    # A fresh, correctly signed message for the next learner still works.
+    publish_raw(stack, "deactivate_learner", [signed_message(stack, batch_id, second)])
+    deadline = time.monotonic() + 30
+    while session.scalar(select(Learner.status).where(Learner.id == second)) != "deactivated":
+        assert time.monotonic() < deadline, "a fresh signed message was not applied"
+        time.sleep(0.2)
+        session.expire_all()
+    assert untouched(session, batch_id, [first])
+
+
+def debug_state(session, batch_id):
+    return session.execute(
+        select(BatchItem.learner_id, BatchItem.outcome, BatchItem.error).where(
+            BatchItem.batch_id == batch_id
+        )
+    ).all()
