@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from batchctl.watch import print_counts, watch_batch
+from shared.contract import Action
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -24,7 +25,7 @@ ApiUrl = typer.Option(
     "http://127.0.0.1:8000", "--url", envvar="BATCH_API_URL", help="Producer base URL."
 )
 ApiToken = typer.Option(..., "--token", envvar="BATCH_API_TOKEN", help="Admin API token.")
-ACTIONS = "resend_invitation|add_to_group|add_to_course|deactivate_learner|delete_learner"
+ACTIONS = "|".join(Action)
 
 
 def _ids(text: str | None) -> list[int]:

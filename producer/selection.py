@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -23,7 +22,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    literal_column,
     or_,
     select,
 )
@@ -35,12 +33,9 @@ from producer.schemas import (
     LearnerFilter,
     LearnerIdsSelection,
 )
-from shared.actions import GONE, Actor
-from shared.batches import shape_counts
-from shared.contract import Action
+from shared.actions import Actor
 from shared.models import (
     BatchItem,
-    CourseEnrollment,
     GroupMembership,
     ItemOutcome,
     Learner,
@@ -141,79 +136,3 @@ def freeze_selection(session: Session, batch_id: int, actor: Actor, selection) -
         .execution_options(preserve_rowcount=True)
     ).rowcount
     return total, 0
-
-
-def _covers_all(link, column, target_ids: Sequence[int]) -> ColumnElement[bool]:
-    """The learner already has a link row for every one of target_ids."""
-    have = (
-        select(func.count())
-        .where(link.learner_id == Learner.id, column.in_(list(target_ids)))
-        .scalar_subquery()
-    )
-    return have >= len(set(target_ids))
-
-
-def predicted_reason(actor: Actor, action: Action, params: dict[str, Any]) -> ColumnElement:
-    """What `shared.actions` would answer for each learner, as one SQL CASE.
-    `None` means applied. A test checks it against a real run."""
-    gone = Learner.status.in_(GONE)
-    is_self = Learner.id == (actor.admin_id or 0)
-    cases = {
-        Action.RESEND_INVITATION: [
-            (Learner.status == LearnerStatus.ACTIVE, Reason.ALREADY_ACTIVE.value),
-            (Learner.status == LearnerStatus.DEACTIVATED, Reason.ALREADY_DEACTIVATED.value),
-            (gone, Reason.ALREADY_DELETED.value),
-        ],
-        Action.ADD_TO_GROUP: [
-            (gone, Reason.ALREADY_DELETED.value),
-            (
-                _covers_all(GroupMembership, GroupMembership.group_id, params.get("group_ids", [])),
-                Reason.ALREADY_MEMBER.value,
-            ),
-        ],
-        Action.ADD_TO_COURSE: [
-            (gone, Reason.ALREADY_DELETED.value),
-            (
-                _covers_all(
-                    CourseEnrollment, CourseEnrollment.course_id, params.get("course_ids", [])
-                ),
-                Reason.ALREADY_ENROLLED.value,
-            ),
-        ],
-        Action.DEACTIVATE_LEARNER: [
-            (is_self, Reason.SELF.value),
-            (Learner.status == LearnerStatus.DEACTIVATED, Reason.ALREADY_DEACTIVATED.value),
-            (gone, Reason.ALREADY_DELETED.value),
-        ],
-        Action.DELETE_LEARNER: [
-            (is_self, Reason.SELF.value),
-            (gone, Reason.ALREADY_DELETED.value),
-        ],
-    }[action]
-    return case(*cases, else_=literal_column("NULL"))
-
-
-def predict(session: Session, actor: Actor, action: Action, params: dict, selection) -> dict:
-    """Counts each outcome would have, computed without changing anything."""
-    reason = predicted_reason(actor, action, params).label("reason")
-    not_found = 0
-    if isinstance(selection, LearnerIdsSelection):
-        wanted = sorted(set(selection.learner_ids))
-        ids = id_table(session, wanted)
-        query = select(reason, func.count()).select_from(
-            ids.join(Learner, and_(Learner.id == ids.c.id, Learner.school_id == actor.school_id))
-        )
-        rows = session.execute(query.group_by(reason)).all()
-        not_found = len(wanted) - sum(n for _, n in rows)
-    else:
-        learners = selected_learners(session, actor, selection).subquery()
-        query = select(reason, func.count()).select_from(
-            learners.join(Learner, Learner.id == learners.c.id)
-        )
-        rows = session.execute(query.group_by(reason)).all()
-    shaped = [(ItemOutcome.SKIPPED if r else ItemOutcome.APPLIED, r, n) for r, n in rows]
-    if not_found:
-        shaped.append((ItemOutcome.SKIPPED, Reason.NOT_FOUND.value, not_found))
-    counts = shape_counts(shaped)
-    counts["total"] = sum(n for _, _, n in shaped)
-    return counts

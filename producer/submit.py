@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from producer.predict import predict
 from producer.schemas import MAX_EXPLICIT_IDS, BatchRequest, LearnerIdsSelection
-from producer.selection import freeze_selection, predict
+from producer.selection import freeze_selection
 from shared.actions import Actor
 from shared.contract import Action
 from shared.db import now

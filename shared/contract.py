@@ -17,6 +17,7 @@ class Action(enum.StrEnum):
     ADD_TO_COURSE = "add_to_course"
     DEACTIVATE_LEARNER = "deactivate_learner"
     DELETE_LEARNER = "delete_learner"
+    REACTIVATE_LEARNER = "reactivate_learner"
 
     @property
     def queue(self) -> str:

@@ -7,12 +7,13 @@ so it stays and becomes pseudonymous.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import BigInteger, Executable, Select, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import now
 from shared.models import (
     ActivityEvent,
     ApiToken,
@@ -46,73 +47,73 @@ PURGED_BY_LEARNER = (
 )
 
 
-@cache
-def _purge_statement() -> str:
-    """The purge below as one PostgreSQL statement: lock the learner, delete
-    every row keyed by them and leave the tombstone, only if still `deleting`;
-    answer the status found. One round trip instead of thirteen."""
-    purges = ",\n".join(
-        f"purge_{model.__tablename__} AS (DELETE FROM {model.__tablename__} "
-        "WHERE learner_id IN (SELECT id FROM doomed))"
-        for model in PURGED_BY_LEARNER
-    )
-    return f"""
-WITH target AS (
-    SELECT id, status FROM learners
-    WHERE id = %(learner)s AND (%(school)s::bigint IS NULL OR school_id = %(school)s::bigint)
-    FOR UPDATE
-),
-doomed AS (SELECT id FROM target WHERE status = '{LearnerStatus.DELETING}'),
-{purges},
-tombstone AS (
-    UPDATE learners l
-    SET email = NULL, name = NULL, is_admin = false, status = '{LearnerStatus.DELETED}',
-        deleted_at = now(), deletion_due_at = NULL, updated_at = now(), activated_at = NULL
-    FROM doomed d WHERE l.id = d.id
-)
-SELECT status FROM target"""
-
-
-def finalize_deletion(session: Session, learner_id: int, school_id: int | None = None) -> Outcome:
-    """Purge a learner in `deleting`. Safe to run twice and from several
-    processes: the learner row is locked first, and a `deleted` learner skips."""
-    if session.get_bind().dialect.name == "postgresql":
-        row = (
-            session.connection()
-            .exec_driver_sql(_purge_statement(), {"learner": learner_id, "school": school_id})
-            .first()
-        )
-        return _purged(None if row is None else row[0])
-    query = select(Learner.status).where(Learner.id == learner_id)
-    if school_id is not None:
-        query = query.where(Learner.school_id == school_id)
-    status = session.connection().scalar(query.with_for_update())
-    if status != LearnerStatus.DELETING:
-        return _purged(status)
-    purge_learners(session, [learner_id])
-    return Outcome.applied()
-
-
-def purge_learners(session: Session, learner_ids: list[int]) -> None:
-    """Delete every row keyed by these learners and leave tombstones. The
-    caller has locked the learner rows and checked they are `deleting`."""
-    for model in PURGED_BY_LEARNER:
-        session.connection().execute(delete(model).where(model.learner_id.in_(learner_ids)))
-    stamp = now()
-    session.connection().execute(
+def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Executable]:
+    """The purge, as statements over a set of learners already locked and
+    known to be `deleting`: delete every row keyed by them, leave tombstones.
+    Both the single finalize (one statement on PostgreSQL) and the bulk sweep
+    of the reconciler run exactly these."""
+    stamp = func.now()
+    purges: list[Executable] = [
+        delete(model).where(model.learner_id.in_(learner_ids)) for model in PURGED_BY_LEARNER
+    ]
+    tombstone = (
         update(Learner)
         .where(Learner.id.in_(learner_ids))
         .values(
             email=None,
             name=None,
             is_admin=False,
-            status=LearnerStatus.DELETED,
+            status=LearnerStatus.DELETED.value,
             deleted_at=stamp,
             deletion_due_at=None,
             updated_at=stamp,
             activated_at=None,
         )
     )
+    return [*purges, tombstone]
+
+
+LEARNER = bindparam("learner", type_=BigInteger)
+SCHOOL = bindparam("school", type_=BigInteger)
+
+
+@cache
+def _one_statement() -> Select[Any]:
+    """The purge as one PostgreSQL statement: lock the learner, run every
+    purge statement as a CTE if they are still `deleting`, and answer the
+    status found. One round trip instead of thirteen."""
+    target = (
+        select(Learner.id, Learner.status)
+        .where(Learner.id == LEARNER, SCHOOL.is_(None) | (Learner.school_id == SCHOOL))
+        .with_for_update()
+        .cte("target")
+    )
+    doomed = select(target.c.id).where(target.c.status == LearnerStatus.DELETING.value)
+    purges = [statement.cte(f"purge_{n}") for n, statement in enumerate(purge_statements(doomed))]
+    return select(target.c.status).add_cte(*purges)
+
+
+def finalize_deletion(session: Session, learner_id: int, school_id: int | None = None) -> Outcome:
+    """Purge a learner in `deleting`. Safe to run twice and from several
+    processes: the learner row is locked first, and a `deleted` learner skips."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        params = {"learner": learner_id, "school": school_id}
+        return _purged(connection.execute(_one_statement(), params).scalar())
+    query = select(Learner.status).where(Learner.id == learner_id)
+    if school_id is not None:
+        query = query.where(Learner.school_id == school_id)
+    status = connection.scalar(query.with_for_update())
+    if status == LearnerStatus.DELETING:
+        purge_learners(session, [learner_id])
+    return _purged(status)
+
+
+def purge_learners(session: Session, learner_ids: list[int]) -> None:
+    """Purge these learners; the caller has locked their rows and checked
+    they are `deleting`."""
+    for statement in purge_statements(learner_ids):
+        session.connection().execute(statement)
 
 
 def _purged(status: str | None) -> Outcome:

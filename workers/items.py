@@ -2,10 +2,11 @@
 outcome and the audit row, in one short transaction; then count progress.
 
 On PostgreSQL that transaction is one statement (`workers.statements`): one
-round trip per learner. The generic path below, with the domain functions of
-`shared.actions`, runs on SQLite (the embedded mode) and for an admin acting
-on themselves. Progress is counted in memory and sent to Redis in one
-pipeline per process every 100 ms (`shared.progress.ProgressBuffer`).
+round trip per learner. The generic path below (`shared.actions.apply_action`
+between a claim and a record) runs on SQLite, the embedded mode. Both are
+derived from the action's rule in `shared.rules`. Progress is counted in
+memory and sent to Redis in one pipeline per process every 100 ms
+(`shared.progress.ProgressBuffer`).
 
 A redelivered message finds its item no longer pending and does nothing. A
 batch that is not running (cancelling, cancelled) starts no new learner.
@@ -15,21 +16,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from functools import lru_cache
 
 from sqlalchemy import and_, exists, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.actions import (
-    Actor,
-    add_to_course,
-    add_to_group,
-    deactivate_learner,
-    delete_learner,
-    new_token_hash,
-    resend_invitation,
-)
+from shared.actions import Actor, apply_action, new_token_hash
 from shared.batches import BatchContext, complete_if_finished, load_context
 from shared.contract import Action
 from shared.db import get_engine, get_sessionmaker, now
@@ -40,29 +32,6 @@ from shared.settings import get_settings
 from workers import statements
 
 log = logging.getLogger(__name__)
-
-Apply = Callable[[Session, BatchContext, int], Outcome]
-
-
-def _actor(ctx: BatchContext) -> Actor:
-    return Actor(ctx.school_id, ctx.actor_id)
-
-
-APPLY: dict[str, Apply] = {
-    Action.RESEND_INVITATION: lambda s, ctx, lid: resend_invitation(
-        s, _actor(ctx), lid, ctx.batch_id
-    ),
-    Action.ADD_TO_GROUP: lambda s, ctx, lid: add_to_group(
-        s, _actor(ctx), lid, ctx.params["group_ids"]
-    ),
-    Action.ADD_TO_COURSE: lambda s, ctx, lid: add_to_course(
-        s, _actor(ctx), lid, ctx.params["course_ids"]
-    ),
-    Action.DEACTIVATE_LEARNER: lambda s, ctx, lid: deactivate_learner(s, _actor(ctx), lid),
-    Action.DELETE_LEARNER: lambda s, ctx, lid: delete_learner(
-        s, _actor(ctx), lid, grace_seconds=get_settings().deletion_grace_seconds
-    ),
-}
 
 
 @lru_cache(maxsize=1024)
@@ -155,7 +124,7 @@ def process_item(batch_id: int, learner_id: int) -> Outcome | None:
     if ctx is None:
         return None
     prepared = _one_statement(batch_id)
-    if prepared is not None and statements.uses_one_statement(ctx, learner_id):
+    if prepared is not None:
         token = new_token_hash() if ctx.action == Action.RESEND_INVITATION else None
         connections = _connections(get_settings().database_url)
         outcome = statements.run(connections, prepared, learner_id, token)
@@ -165,7 +134,15 @@ def process_item(batch_id: int, learner_id: int) -> Outcome | None:
         with sessions()() as session, session.begin():
             if not claim_item(session, batch_id, learner_id):
                 return None
-            outcome = APPLY[ctx.action](session, ctx, learner_id)
+            outcome = apply_action(
+                session,
+                ctx.action,
+                Actor(ctx.school_id, ctx.actor_id),
+                learner_id,
+                ctx.params,
+                batch_id=ctx.batch_id,
+                grace_seconds=get_settings().deletion_grace_seconds,
+            )
             record_outcome(session, ctx, learner_id, outcome)
     count_progress(ctx, outcome)
     return outcome

@@ -8,15 +8,7 @@ from sqlalchemy import func, select
 from batchctl.seed import seed_school
 from producer.access import access
 from producer.tokens import issue_token
-from shared.actions import (
-    Actor,
-    add_to_course,
-    add_to_group,
-    deactivate_learner,
-    delete_learner,
-    reactivate_learner,
-    resend_invitation,
-)
+from shared.actions import Actor
 from shared.models import (
     ActivityEvent,
     ApiToken,
@@ -32,6 +24,14 @@ from shared.models import (
     SharedLink,
 )
 from shared.outcomes import Outcome, Reason
+from tests.support.actions import (
+    add_to_course,
+    add_to_group,
+    deactivate_learner,
+    delete_learner,
+    reactivate_learner,
+    resend_invitation,
+)
 from tests.support.factories import make_group, make_learner
 from workers.erasure import finalize_deletion
 

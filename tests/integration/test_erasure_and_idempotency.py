@@ -7,8 +7,9 @@ from sqlalchemy import JSON, String, Text, cast, func, insert, or_, select
 
 from producer.access import access
 from producer.tokens import issue_token
-from shared.actions import (
-    Actor,
+from shared.actions import Actor
+from shared.models import Base, Batch, Course, Invitation, Learner, LearningPathEnrollment
+from tests.support.actions import (
     add_to_course,
     add_to_group,
     deactivate_learner,
@@ -16,7 +17,6 @@ from shared.actions import (
     reactivate_learner,
     resend_invitation,
 )
-from shared.models import Base, Batch, Course, Invitation, Learner, LearningPathEnrollment
 from tests.support.factories import make_group, make_learner
 from workers.erasure import finalize_deletion
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from batchctl.seed import seed_school
 from shared.models import AuditEntry, Learner
 from shared.redaction import redact
+from tests.integration.test_erasure_and_idempotency import tables_mentioning
 from tests.support.factories import make_learner
-from tests.test_erasure_and_idempotency import tables_mentioning
 
 
 def redis_mentions(url: str, needles: list[str]) -> list[str]:

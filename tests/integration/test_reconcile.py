@@ -11,11 +11,12 @@ from sqlalchemy import func, select, update
 from batchctl.seed import seed_school
 from producer.schemas import BatchRequest
 from producer.submit import submit
-from shared.actions import Actor, delete_learner
+from shared.actions import Actor
 from shared.db import get_sessionmaker
 from shared.models import Batch, BatchItem, Group, GroupMembership, Learner
 from shared.publish import ConfirmedPublisher
 from shared.settings import Settings
+from tests.support.actions import delete_learner
 from tests.support.factories import make_learner
 from workers.reconcile import reconcile_once
 

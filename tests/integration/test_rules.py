@@ -1,0 +1,40 @@
+"""On PostgreSQL, the three paths derived from `shared.rules` agree for every
+action and every kind of learner: the generic path, the single statement the
+workers run (same outcome, reason and effect), and the dry run."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.contract import Action
+from shared.models import AuditEntry, BatchItem
+from tests.support.rules_check import Scene, predictable, reasons
+from workers import items
+
+
+@pytest.fixture
+def scene(session, school) -> Scene:
+    return Scene(session, school)
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_the_single_statement_and_the_dry_run_match_the_generic_path(scene, session, action):
+    expected = scene.generic(action)
+    predicted = scene.predicted(action)
+    batch_id = scene.batches[action]
+    assert items._one_statement(batch_id) is not None, "the one-statement path is in use"
+
+    got = scene.through(action, items.process_item)
+
+    assert got == expected
+    assert {k: predicted[k] for k in predictable(action, expected)} == reasons(
+        predictable(action, expected)
+    )
+    # Exactly once: a second delivery does nothing, and each item has one audit row.
+    assert all(items.process_item(batch_id, lid) is None for lid in scene.learners[action].values())
+    session.rollback()
+    audited = session.scalar(select(func.count()).where(AuditEntry.batch_id == batch_id))
+    assert audited == len(scene.learners[action])
+    attempts = session.scalars(select(BatchItem.attempts).where(BatchItem.batch_id == batch_id))
+    assert set(attempts) == {1}
