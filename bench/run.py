@@ -20,6 +20,9 @@ end), seeds a school with the fast seeder, then measures:
 - set-based: the one SQL statement that adds everyone to a group.
 
 It prints a table, writes bench/results/<timestamp>.json and a PNG beside it.
+This module runs the product and the order of things; the baselines are in
+bench/baselines.py, what is sampled meanwhile in bench/watch.py, the targets
+and the table in bench/report.py, the services in tests/support/services.py.
 """
 
 from __future__ import annotations
@@ -28,11 +31,9 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -42,19 +43,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import pika
 import psycopg
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench import floor
-from bench.services import (
-    REDIS_URL,
-    Proc,
+from bench.baselines import measure_floor, measure_publish, measure_set_based
+from bench.report import histogram_quantile, log, percentile, table, targets
+from bench.watch import (
     QueueWatch,
-    SmtpSink,
-    Vhost,
-    consumers,
+    Sampler,
+    latency_buckets,
+    producer_published,
+    service_cpu,
+    start_profilers,
+    stop_profilers,
+)
+from tests.support.services import (
+    Process,
+    RabbitVhost,
+    SmtpServer,
     create_database,
     drop_database,
     free_port,
@@ -62,6 +68,9 @@ from bench.services import (
     wait_until,
 )
 
+PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1/postgres")
+RABBIT = os.environ.get("BENCH_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ACTIONS = [
     "add_to_group",
     "add_to_course",
@@ -70,107 +79,26 @@ ACTIONS = [
     "delete_learner",
 ]
 RESULTS = Path(__file__).parent / "results"
-SAMPLE_EVERY = 0.5
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (p95 of 5 values is the largest)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+class EmailCount:
+    """The bench's SMTP handler: counts what arrives and keeps nothing (a
+    million parsed invitations would cost the machine being measured)."""
 
-
-def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Prometheus' histogram_quantile over cumulative (le, count) buckets."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    rank = q * total
-    lower_le, lower_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if math.isinf(le):
-                return lower_le
-            width = count - lower_count
-            return lower_le + (le - lower_le) * ((rank - lower_count) / width if width else 0)
-        lower_le, lower_count = le, count
-    return lower_le
-
-
-def latency_buckets(metrics_url: str, action: str) -> dict[float, float]:
-    body = httpx.get(metrics_url, timeout=5).text
-    found: dict[float, float] = {}
-    for family in text_string_to_metric_families(body):
-        if family.name != "batch_learner_latency_seconds":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels.get("action") == action:
-                found[float(sample.labels["le"])] = sample.value
-    return found
-
-
-class Sampler(threading.Thread):
-    """Every half second: finished learners of the current phase, producer
-    RSS, and the depth of the phase's queue."""
-
-    def __init__(self, watch: QueueWatch, producer_rss) -> None:
-        super().__init__(name="sampler", daemon=True)
-        self.watch = watch
-        self.producer_rss = producer_rss
-        self.stopping = threading.Event()
+    def __init__(self) -> None:
+        self.received = 0
         self.lock = threading.Lock()
-        self.phase: dict | None = None
-        self.peak_rss = 0
 
-    def start_phase(self, name: str, done, queue: str | None) -> dict:
-        phase = {
-            "name": name,
-            "t0": time.time(),
-            "done_fn": done,
-            "queue": queue,
-            "samples": [],
-            "peak_ready": 0,
-            "peak_depth": 0,
-            "peak_rss": 0,
-        }
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook)
         with self.lock:
-            self.phase = phase
-        return phase
-
-    def end_phase(self) -> dict | None:
-        with self.lock:
-            phase, self.phase = self.phase, None
-        if phase is not None:
-            phase.pop("done_fn", None)
-        return phase
-
-    def run(self) -> None:
-        while not self.stopping.wait(SAMPLE_EVERY):
-            rss = self.producer_rss()
-            self.peak_rss = max(self.peak_rss, rss)
-            with self.lock:
-                phase = self.phase
-            if phase is None:
-                continue
-            done = 0
-            with contextlib.suppress(Exception):
-                done = phase["done_fn"]()
-            ready = self.watch.ready(phase["queue"]) if phase["queue"] else 0
-            if phase["queue"]:
-                # Ready and unacknowledged from one RabbitMQ stats snapshot.
-                ready_unacked = self.watch.detailed().get(phase["queue"])
-                if ready_unacked:
-                    phase["peak_depth"] = max(phase["peak_depth"], sum(ready_unacked))
-            phase["peak_ready"] = max(phase["peak_ready"], ready)
-            phase["peak_rss"] = max(phase["peak_rss"], rss)
-            phase["samples"].append((round(time.time() - phase["t0"], 3), done, ready, rss))
-
-    def stop(self) -> None:
-        self.stopping.set()
+            self.received += 1
+        return "250 OK"
 
 
 class Bench:
+    """One run: its database, vhost, SMTP server and processes, and the result
+    every phase adds to."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -201,10 +129,11 @@ class Bench:
     # -- set up -----------------------------------------------------------
 
     def setup(self) -> None:
-        self.dsn = create_database(self.db_name)
-        self.database_url = self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-        self.vhost = Vhost(f"batch_bench_{uuid.uuid4().hex[:8]}")
-        self.smtp = SmtpSink()
+        self.database_url = create_database(self.db_name, PG_ADMIN_DSN)
+        self.dsn = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.vhost = RabbitVhost("batch_bench", RABBIT)
+        self.emails = EmailCount()
+        self.smtp = SmtpServer(self.emails)
         self.metrics_port = free_port()
         self.env = {
             **os.environ,
@@ -224,7 +153,7 @@ class Bench:
         self.pg = psycopg.connect(self.dsn, autocommit=True)
         self.redis = redis.Redis.from_url(REDIS_URL)
         self.watch = QueueWatch(self.vhost.url, self.vhost.name)
-        self.producer: Proc | None = None
+        self.producer: Process | None = None
         self.sampler = Sampler(self.watch, lambda: self.producer.rss() if self.producer else 0)
         self.sampler.start()
         self._run(["migrate"], "migrate")
@@ -281,189 +210,13 @@ class Bench:
 
     # -- baselines --------------------------------------------------------
 
-    def messages(self, queue: str):
-        from shared.dispatch import item_message
-
-        for learner_id in self.learner_ids:
-            yield item_message(queue, 0, learner_id)
-
-    def raw_publish(self, queue: str, declare: bool = True) -> float:
-        """pika, no confirms, the same Dramatiq-encoded messages; seconds taken
-        until the broker has answered a round trip after the last one."""
-        connection = pika.BlockingConnection(pika.URLParameters(self.vhost.url))
-        channel = connection.channel()
-        if declare:
-            channel.queue_declare(queue, durable=True)
-        properties = pika.BasicProperties(delivery_mode=2)
-        started = time.perf_counter()
-        for message in self.messages(queue):
-            channel.basic_publish("", queue, message.encode(), properties)
-        channel.queue_declare(queue, passive=True)
-        elapsed = time.perf_counter() - started
-        connection.close()
-        return elapsed
-
-    def baseline_publish(self) -> None:
-        n = len(self.learner_ids)
-        seconds = self.raw_publish("bench_raw")
-        self.watch.channel.queue_delete("bench_raw")
-        self.result["baselines"]["raw_publish"] = {
-            "messages": n,
-            "seconds": round(seconds, 3),
-            "per_second": round(n / seconds, 1),
-        }
-        log(f"raw publish: {n / seconds:,.0f} msg/s")
-
-        # The dispatch path: keyset query for the next window, then
-        # ConfirmedPublisher (every message confirmed) - as dispatch_step does.
-        from shared.broker import build_broker
-        from shared.dispatch import item_message
-        from shared.publish import ConfirmedPublisher
-        from shared.settings import Settings
-
-        # The product's broker: priority queues, messages signed.
-        broker = build_broker(
-            Settings(
-                broker_url=self.vhost.url,
-                database_url=self.database_url,
-                signing_key=self.env["SIGNING_KEY"],
-            )
-        )
-        publisher = ConfirmedPublisher(broker)
-        window = self.args.window or 2000
-        school = self.school["school_id"]
-        cursor, published = 0, 0
-        started = time.perf_counter()
-        while True:
-            ids = [
-                r[0]
-                for r in self.pg.execute(
-                    "SELECT id FROM learners WHERE school_id = %s AND id > %s AND NOT is_admin "
-                    "ORDER BY id LIMIT %s",
-                    (school, cursor, window),
-                )
-            ]
-            if not ids:
-                break
-            publisher.publish([item_message("bench_dispatch", 0, lid) for lid in ids])
-            published += len(ids)
-            cursor = ids[-1]
-        seconds = time.perf_counter() - started
-        publisher.close()
-        broker.close()
-        for queue in ("bench_dispatch", "bench_dispatch.DQ", "bench_dispatch.XQ"):
-            with contextlib.suppress(Exception):
-                self.watch.channel.queue_delete(queue)
-        self.result["baselines"]["dispatch_confirmed"] = {
-            "messages": published,
-            "seconds": round(seconds, 3),
-            "per_second": round(published / seconds, 1),
-            "window": window,
-        }
-        log(f"dispatch with confirms: {published / seconds:,.0f} msg/s")
-
-    def baseline_floor(self) -> None:
-        self.pg.execute(floor.TABLE_DDL)
-        self.pg.execute("TRUNCATE bench_floor RESTART IDENTITY")
-        env = {**self.env, "BENCH_FLOOR_DSN": self.dsn}
-        for name in ("PROMETHEUS_MULTIPROC_DIR",):
-            env.pop(name, None)
-        workers = Proc(
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "bench.floor",
-                "--processes",
-                str(self.args.processes),
-                "--threads",
-                str(self.args.threads),
-            ],
-            env,
-            self.logs / "floor-workers.log",
-        )
-        try:
-            wait_until(lambda: consumers(self.vhost, floor.QUEUE) > 0, 90, "floor workers", workers)
-            time.sleep(2)  # every process consuming
-            n = len(self.learner_ids)
-            cpu0, services0 = workers.cpu_seconds(), service_cpu()
-            phase = self.sampler.start_phase(
-                "floor",
-                lambda: self.pg.execute(
-                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM bench_floor_id_seq"
-                ).fetchone()[0],
-                floor.QUEUE,
-            )
-            profilers = (
-                self.start_profilers("floor", [("workers", workers, ["--subprocesses"])])
-                if self.args.profile
-                else []
-            )
-            started = time.time()
-            publish_seconds = self.raw_publish(floor.QUEUE, declare=False)
-            wait_until(
-                lambda: phase["done_fn"]() >= n,
-                max(900, n / 50),
-                "floor to finish",
-                workers,
-                every=0.05,
-            )
-            stop_profilers(profilers)
-            finished = self.pg.execute("SELECT max(created_at) FROM bench_floor").fetchone()[0]
-            seconds = finished.timestamp() - started
-            cpu = workers.cpu_seconds() - cpu0
-            services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
-            rows = self.pg.execute("SELECT count(*) FROM bench_floor").fetchone()[0]
-            phase = self.sampler.end_phase()
-        finally:
-            workers.stop()
-        self.result["baselines"]["floor"] = {
-            "learners": rows,
-            "seconds": round(seconds, 3),
-            "per_second": round(rows / seconds, 1),
-            "worker_cpu_seconds": round(cpu, 2),
-            "worker_cpu_ms_per_learner": round(1000 * cpu / rows, 4),
-            "service_cpu_ms_per_learner": {
-                k: round(1000 * v / rows, 4) for k, v in sorted(services.items())
-            },
-            "publish_seconds": round(publish_seconds, 3),
-            "peak_queue_ready": phase["peak_ready"],
-            "samples": phase["samples"],
-        }
-        log(f"floor: {rows / seconds:,.0f} learners/s, {1000 * cpu / rows:.3f} ms CPU/learner")
-
-    def baseline_set_based(self) -> None:
-        school = self.school["school_id"]
-        group = self.pg.execute(
-            "INSERT INTO groups (school_id, name) VALUES (%s, 'bench set-based') RETURNING id",
-            (school,),
-        ).fetchone()[0]
-        started = time.perf_counter()
-        with self.pg.transaction():
-            inserted = self.pg.execute(
-                "INSERT INTO group_memberships (learner_id, group_id) "
-                "SELECT id, %s FROM learners WHERE school_id = %s "
-                "AND status NOT IN ('deleting', 'deleted') ON CONFLICT DO NOTHING",
-                (group, school),
-            ).rowcount
-        seconds = time.perf_counter() - started
-        self.result["baselines"]["set_based"] = {
-            "statement": "INSERT INTO group_memberships ... SELECT ... ON CONFLICT DO NOTHING",
-            "learners": inserted,
-            "seconds": round(seconds, 3),
-            "per_second": round(inserted / seconds, 1) if seconds else None,
-        }
-        log(f"set-based: {inserted:,} rows in {seconds:.2f}s")
-
-    # -- the product ------------------------------------------------------
-
     def start_stack(self) -> None:
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
-        self.producer = Proc.batchctl(
+        self.producer = Process.batchctl(
             ["serve", "--port", str(port)], self.env, self.logs / "producer.log"
         )
-        self.workers = Proc.batchctl(
+        self.workers = Process.batchctl(
             [
                 "worker",
                 "--processes",
@@ -475,14 +228,14 @@ class Bench:
             self.logs / "workers.log",
         )
         # The reconciler, as deployed (it also ticks dispatch), on its own metrics port.
-        self.reconciler = Proc.batchctl(
+        self.reconciler = Process.batchctl(
             ["reconcile"],
             {**self.env, "METRICS_PORT": str(free_port())},
             self.logs / "reconciler.log",
         )
         wait_until(lambda: http_ok(f"{self.base_url}/healthz"), 60, "producer", self.producer)
         for queue in ACTIONS:
-            wait_until(lambda q=queue: consumers(self.vhost, q) > 0, 90, "workers", self.workers)
+            wait_until(lambda q=queue: self.vhost.queues.consumers(q), 90, "workers", self.workers)
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         wait_until(lambda: http_ok(self.metrics_url), 60, "worker metrics", self.workers)
         time.sleep(2)
@@ -494,7 +247,7 @@ class Bench:
         for name in ("producer", "workers", "reconciler"):
             proc = getattr(self, name, None)
             if proc is not None:
-                proc.stop()
+                proc.stop(timeout=60)
 
     def first_id(self, table: str, offset: int = 0) -> int:
         return self.pg.execute(
@@ -572,12 +325,20 @@ class Bench:
         before_buckets = latency_buckets(self.metrics_url, action)
         cpu0, pcpu0 = self.workers.cpu_seconds(), self.producer.cpu_seconds()
         services0, rcpu0 = service_cpu(), self.reconciler.cpu_seconds()
-        smtp0 = self.smtp.received
+        smtp0 = self.emails.received
         holder: dict = {}
         phase = self.sampler.start_phase(
             action, lambda: self.redis_done(holder["id"]) if "id" in holder else 0, action
         )
-        profilers = self.start_profilers(action) if self.args.profile else []
+        profilers = (
+            start_profilers(
+                self.logs,
+                action,
+                [("workers", self.workers, ["--subprocesses"]), ("producer", self.producer, [])],
+            )
+            if self.args.profile
+            else []
+        )
         started = time.time()
         batch_id = self.submit(body)
         holder["id"] = batch_id
@@ -604,7 +365,7 @@ class Bench:
         phase = self.sampler.end_phase()
         after = latency_buckets(self.metrics_url, action)
         buckets = sorted((le, after.get(le, 0) - before_buckets.get(le, 0)) for le in after)
-        published = self.producer_published(action)
+        published = producer_published(self.base_url, action)
         counts = row[3] or {}
         result = {
             "batch_id": batch_id,
@@ -644,7 +405,7 @@ class Bench:
                 300,
                 "invitations sent",
             )
-            result["emails_received"] = self.smtp.received - smtp0
+            result["emails_received"] = self.emails.received - smtp0
         if action == "delete_learner":
             result["finalize"] = self.finalize_lag(batch_id)
         log(
@@ -652,54 +413,6 @@ class Bench:
             f"{1000 * cpu / total:.3f} ms worker CPU/learner"
         )
         return result
-
-    def start_profilers(self, action: str, targets=None) -> list[subprocess.Popen]:
-        """py-spy on the worker processes and the producer: collapsed stacks of
-        the threads holding the GIL (Python's CPU time), one line per stack
-        with its sample count, in the logs directory."""
-        spy = Path(sys.executable).parent / "py-spy"
-        profilers = []
-        targets = targets or (
-            ("workers", self.workers, ["--subprocesses"]),
-            ("producer", self.producer, []),
-        )
-        for name, proc, extra in targets:
-            out = self.logs / f"profile-{action}-{name}.txt"
-            profilers.append(
-                subprocess.Popen(
-                    [
-                        str(spy),
-                        "record",
-                        "--pid",
-                        str(proc.popen.pid),
-                        *extra,
-                        "--format",
-                        "raw",
-                        "--rate",
-                        "200",
-                        "--nonblocking",
-                        "--gil",
-                        "-o",
-                        str(out),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        time.sleep(1)
-        return profilers
-
-    def producer_published(self, action: str) -> float | None:
-        try:
-            body = httpx.get(f"{self.base_url}/metrics", timeout=5).text
-        except httpx.HTTPError:
-            return None
-        for family in text_string_to_metric_families(body):
-            if family.name == "batch_messages_published":
-                for sample in family.samples:
-                    if sample.name.endswith("_total") and sample.labels.get("action") == action:
-                        return sample.value
-        return None
 
     def finalize_lag(self, batch_id: int) -> dict:
         """Per deleted learner: purged at - (deleted at + grace)."""
@@ -744,9 +457,9 @@ class Bench:
         try:
             self.setup()
             if not self.args.skip_baselines:
-                self.baseline_set_based()
-                self.baseline_publish()
-                self.baseline_floor()
+                measure_set_based(self)
+                measure_publish(self)
+                measure_floor(self)
             self.start_stack()
             for action in self.args.actions:
                 self.result["actions"][action] = self.run_action(action)
@@ -755,166 +468,21 @@ class Bench:
         finally:
             self.sampler.stop()
             self.stop_stack()
-            self.smtp.stop() if hasattr(self, "smtp") else None
+            if hasattr(self, "smtp"):
+                with contextlib.suppress(Exception):
+                    self.smtp.stop()
             if hasattr(self, "watch"):
                 self.watch.close()
             if hasattr(self, "pg"):
                 self.pg.close()
             if hasattr(self, "vhost"):
-                self.vhost.delete()
+                with contextlib.suppress(Exception):
+                    self.vhost.delete()
             if not self.args.keep_db:
-                drop_database(self.db_name)
+                drop_database(self.db_name, PG_ADMIN_DSN)
         self.result["finished_at"] = datetime.now(UTC).isoformat()
         self.result["targets"] = targets(self.result)
         return self.result
-
-
-def stop_profilers(profilers: list[subprocess.Popen]) -> None:
-    for profiler in profilers:
-        profiler.send_signal(signal.SIGINT)
-        profiler.wait(60)
-
-
-SERVICES = {"postgres": "postgresql", "beam.smp": "rabbitmq", "redis-server": "redis"}
-
-
-def service_cpu() -> dict[str, float]:
-    """CPU seconds of PostgreSQL, RabbitMQ and Redis processes (live ones)."""
-    import psutil
-
-    found: dict[str, float] = {}
-    for proc in psutil.process_iter(["name"]):
-        name = SERVICES.get(proc.info["name"] or "")
-        if name:
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                found[name] = found.get(name, 0.0) + times.user + times.system
-    return found
-
-
-def ratio(a, b):
-    return round(a / b, 3) if a is not None and b else None
-
-
-def targets(result: dict) -> list[dict]:
-    """The issue's targets, each with the measured value; `met` is None when
-    this run did not measure it (e.g. the 1M-only targets in a 100k run)."""
-    base, actions = result["baselines"], result["actions"]
-    learners = result["config"]["learners"]
-    out = []
-
-    def add(name, value, limit, better, note=""):
-        met = None
-        if value is not None:
-            met = value >= limit if better == "higher" else value <= limit
-        out.append({"target": name, "value": value, "limit": limit, "met": met, "note": note})
-
-    group = actions.get("add_to_group", {})
-    floor_run = base.get("floor", {})
-    add(
-        "add_to_group end-to-end / floor (learners/s)",
-        ratio(group.get("per_second"), floor_run.get("per_second")),
-        0.75,
-        "higher",
-    )
-    add(
-        "dispatch with confirms / raw publish (msg/s)",
-        ratio(
-            base.get("dispatch_confirmed", {}).get("per_second"),
-            base.get("raw_publish", {}).get("per_second"),
-        ),
-        0.6,
-        "higher",
-    )
-    add(
-        "worker CPU per learner / floor's (add_to_group)",
-        ratio(group.get("worker_cpu_ms_per_learner"), floor_run.get("worker_cpu_ms_per_learner")),
-        1.3,
-        "lower",
-    )
-    window = result["config"]["dispatch_window"] or 2000
-    peak_depth = max((a.get("peak_queue_depth", 0) for a in actions.values()), default=None)
-    note = "" if learners >= 1_000_000 else "target is for 1,000,000 learners"
-    add("producer peak memory (MB)", result.get("producer_peak_rss_mb"), 150, "lower", note)
-    depth = ratio(peak_depth, window)
-    add("peak RabbitMQ depth (ready + unacked) / window", depth, 1.0, "lower", note)
-    fair = group.get("fairness", {})
-    add("10-learner batch during the big one, p95 (s)", fair.get("p95_seconds"), 2.0, "lower")
-    finalize = actions.get("delete_learner", {}).get("finalize", {})
-    add("finalize_deletion lag p99 (s)", finalize.get("lag_p99_seconds"), 60, "lower")
-    return out
-
-
-def log(text: str) -> None:
-    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def fmt(value, digits=1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def table(result: dict) -> str:
-    base, actions = result["baselines"], result["actions"]
-    floor_run = base.get("floor", {})
-    lines = [
-        f"Batch Actions bench: {result['config']['learners']:,} learners, "
-        f"{result['config']['processes']} processes x {result['config']['threads']} threads, "
-        f"window {result['config']['dispatch_window'] or 2000}, {result['machine']['cpus']} CPUs",
-        "",
-        f"{'run':<22}{'learners':>10}{'seconds':>10}{'per s':>10}{'x floor':>9}"
-        f"{'CPU ms/l':>10}{'x floor':>9}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
-        f"{'depth':>7}{'RSS MB':>8}",
-    ]
-    if floor_run:
-        lines.append(
-            f"{'floor (bare actor)':<22}{fmt(floor_run['learners']):>10}"
-            f"{fmt(floor_run['seconds']):>10}{fmt(floor_run['per_second'], 0):>10}{'1.00':>9}"
-            f"{fmt(floor_run['worker_cpu_ms_per_learner'], 3):>10}{'1.00':>9}"
-        )
-    floor_cpu = floor_run.get("worker_cpu_ms_per_learner")
-    for name, run in actions.items():
-        lat = run["latency_seconds"]
-        lines.append(
-            f"{name:<22}{fmt(run['learners']):>10}{fmt(run['seconds']):>10}"
-            f"{fmt(run['per_second'], 0):>10}"
-            f"{fmt(ratio(run['per_second'], floor_run.get('per_second')), 2):>9}"
-            f"{fmt(run['worker_cpu_ms_per_learner'], 3):>10}"
-            f"{fmt(ratio(run['worker_cpu_ms_per_learner'], floor_cpu), 2):>9}"
-            f"{fmt(lat['p50'], 2):>8}{fmt(lat['p95'], 2):>8}{fmt(lat['p99'], 2):>8}"
-            f"{fmt(run['peak_queue_depth']):>7}"
-            f"{fmt(run['producer_peak_rss_mb']):>8}"
-        )
-    lines.append("")
-    for name in ("raw_publish", "dispatch_confirmed"):
-        if name in base:
-            lines.append(f"{name:<22}{fmt(base[name]['per_second'], 0):>10} msg/s")
-    if "set_based" in base:
-        sb = base["set_based"]
-        lines.append(
-            f"{'set_based':<22}{fmt(sb['per_second'], 0):>10} learners/s "
-            f"({fmt(sb['learners'])} in {sb['seconds']} s)"
-        )
-    fair = actions.get("add_to_group", {}).get("fairness")
-    if fair:
-        lines.append(f"fairness (10 learners): {fair['seconds']} s, p95 {fair['p95_seconds']} s")
-    finalize = actions.get("delete_learner", {}).get("finalize")
-    if finalize:
-        lines.append(
-            f"finalize_deletion lag: p50 {finalize['lag_p50_seconds']} s, "
-            f"p99 {finalize['lag_p99_seconds']} s, max {finalize['lag_max_seconds']} s"
-        )
-    lines.append("")
-    lines.append("targets:")
-    for t in result["targets"]:
-        verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
-        note = f"  ({t['note']})" if t["note"] else ""
-        value = fmt(t["value"], 3)
-        lines.append(f"  {t['target']:<52}{value:>10}  limit {t['limit']}: {verdict}{note}")
-    return "\n".join(lines)
 
 
 def parse(argv=None) -> argparse.Namespace:
