@@ -33,6 +33,7 @@ ACTION_QUEUES = (
     "add_to_course",
     "deactivate_learner",
     "delete_learner",
+    "reactivate_learner",
     "finalize_deletion",
 )
 APP_COMMANDS = {"serve", "worker", "reconcile", "migrate"}
