@@ -11,6 +11,11 @@ and a new batch is how an admin resends it. Everything before DATA (rate
 limit, connection, MAIL, RCPT) happens unmarked, so a crash there costs
 nothing: the redelivered message sends the email. A server that refuses the
 message for now (4xx) clears the mark, so the message retries.
+
+An invitation that cannot be written as an email at all (a line break in the
+address or the school's name) is given up: its row is marked, its item,
+already `applied`, ends `failed` with the reason, and no exception escapes,
+so neither the worker nor the reconciler's pass over other schools stops.
 """
 
 from __future__ import annotations
@@ -20,25 +25,39 @@ import fcntl
 import hashlib
 import hmac
 import smtplib
+import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlencode, urlparse
 
 from dramatiq.rate_limits import WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.batches import counts_from_items
 from shared.db import now
-from shared.models import Invitation, Learner, LearnerStatus, School
-from shared.progress import get_redis
+from shared.models import (
+    FINISHED_BATCH_STATUSES,
+    Batch,
+    BatchItem,
+    Invitation,
+    ItemOutcome,
+    Learner,
+    LearnerStatus,
+    School,
+)
+from shared.progress import get_progress, get_redis
 from shared.settings import Settings, get_settings
 from workers.errors import TransientError, is_transient
 
 RATE_LIMIT_WAIT_SECONDS = 30
+SMTP_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+UNWRITABLE = "invitation not sendable: line break in the email address or school name"
 
 
 class Mailer(Protocol):
@@ -48,25 +67,49 @@ class Mailer(Protocol):
 
 
 class SmtpMailer:
-    """SMTP with one connection per thread, reopened when the server drops it."""
+    """SMTP with one connection per thread, reopened when the server drops it.
 
-    def __init__(self, url: str) -> None:
+    `smtps://` is TLS from the first byte, `smtp+starttls://` upgrades with
+    STARTTLS; both verify the server's certificate and name (against
+    `SMTP_CA_FILE` when set). A login is only ever sent encrypted (settings
+    refuse one on `smtp://`, and this checks again)."""
+
+    def __init__(self, url: str, ca_file: str = "") -> None:
         parsed = urlparse(url)
+        self.scheme = parsed.scheme
         self.host = parsed.hostname or "localhost"
-        self.port = parsed.port or 25
-        self.user, self.password = parsed.username, parsed.password
-        self.starttls = parsed.scheme == "smtp+starttls"
+        self.port = parsed.port or SMTP_PORTS.get(parsed.scheme, 25)
+        self.user = unquote(parsed.username or "")
+        self.password = unquote(parsed.password or "")
+        self.tls = ssl.create_default_context(cafile=ca_file or None)
         self.local = threading.local()
 
     def _client(self) -> smtplib.SMTP:
         client = getattr(self.local, "client", None)
         if client is None:
-            client = smtplib.SMTP(self.host, self.port, timeout=10)
-            if self.starttls:
-                client.starttls()
-            if self.user:
-                client.login(self.user, self.password or "")
+            try:
+                client = self._connect()
+            except (OSError, smtplib.SMTPException) as exc:
+                # The server or our configuration, not this invitation: retry.
+                raise TransientError(f"SMTP connection failed: {type(exc).__name__}") from exc
             self.local.client = client
+        return client
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.scheme == "smtps":
+            client = smtplib.SMTP_SSL(self.host, self.port, timeout=10, context=self.tls)
+        else:
+            client = smtplib.SMTP(self.host, self.port, timeout=10)
+        try:
+            if self.scheme == "smtp+starttls":
+                client.starttls(context=self.tls)
+            if self.user:
+                if not isinstance(client.sock, ssl.SSLSocket):
+                    raise smtplib.SMTPException("refusing to log in over an unencrypted connection")
+                client.login(self.user, self.password)
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def send(self, message: EmailMessage, commit: Callable[[], bool]) -> bool:
@@ -168,23 +211,59 @@ class SharedRateLimiter:
 
 def build_mailer(settings: Settings) -> Mailer:
     if settings.smtp_url:
-        return SmtpMailer(settings.smtp_url)
+        return SmtpMailer(settings.smtp_url, settings.smtp_ca_file)
     return MailboxMailer(settings.mailbox_path)
+
+
+def link_keys(settings: Settings) -> list[bytes]:
+    """The key invitation links are signed with, then any other they are
+    accepted with. `INVITE_LINK_KEY` when set, so rotating the broker key
+    leaves links alone; else keys derived from SIGNING_KEY (and the previous
+    one, while rotating), never the broker key itself."""
+    if settings.invite_link_key:
+        return [settings.invite_link_key.encode()]
+    broker_keys = [k for k in (settings.signing_key, settings.signing_key_previous) if k] or [""]
+    return [hmac.digest(k.encode(), b"invitation links", hashlib.sha256) for k in broker_keys]
+
+
+def _link_mac(key: bytes, token_hash: str, expires: int) -> str:
+    return hmac.new(key, f"{token_hash}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def invitation_link(settings: Settings, token_hash: str, issued_at: float | None = None) -> str:
+    """`INVITE_URL_BASE/<mac>?expires=<unix time>`; the MAC covers the expiry."""
+    issued_at = time.time() if issued_at is None else issued_at
+    expires = int(issued_at) + settings.invite_link_ttl_hours * 3600
+    mac = _link_mac(link_keys(settings)[0], token_hash, expires)
+    return f"{settings.invite_url_base}/{mac}?{urlencode({'expires': expires})}"
+
+
+def link_is_valid(
+    settings: Settings, token_hash: str, mac: str, expires: int, at: float | None = None
+) -> bool:
+    """What the page a link opens checks: signed for this invitation, not expired."""
+    if (time.time() if at is None else at) > expires:
+        return False
+    return any(
+        hmac.compare_digest(mac, _link_mac(key, token_hash, expires)) for key in link_keys(settings)
+    )
 
 
 def invitation_email(
     settings: Settings, to: str, name: str, school: str, token_hash: str
 ) -> EmailMessage:
-    link_token = hmac.new(settings.signing_key.encode(), token_hash.encode(), hashlib.sha256)
+    """Raises ValueError for a header with a line break (address, school)."""
     message = EmailMessage()
     message["From"] = settings.smtp_from
     message["To"] = to
     message["Subject"] = f"You are invited to {school}"
-    # A stable Message-ID lets a receiving server drop a duplicate, if one ever left us.
-    message["Message-ID"] = f"<invitation-{token_hash[:32]}@batch-actions>"
+    # Stable, so a receiving server can drop a duplicate if one ever left us;
+    # a hash of the invitation's secret, so it reveals nothing of the link.
+    message_id = hashlib.sha256(f"message-id:{token_hash}".encode()).hexdigest()[:32]
+    message["Message-ID"] = f"<invitation-{message_id}@batch-actions>"
     message.set_content(
         f"Hello {name},\n\n{school} invites you to start learning.\n"
-        f"Accept the invitation: https://learn.example/invitations/{link_token.hexdigest()}\n"
+        f"Accept the invitation: {invitation_link(settings, token_hash)}\n"
     )
     return message
 
@@ -206,6 +285,8 @@ class InvitationSender:
                     Learner.status,
                     School.name.label("school"),
                     Invitation.token_hash,
+                    Invitation.batch_id,
+                    Invitation.learner_id,
                 )
                 .join(Learner, Learner.id == Invitation.learner_id)
                 .join(School, School.id == Invitation.school_id)
@@ -220,10 +301,16 @@ class InvitationSender:
         if row.status != LearnerStatus.INVITED or not row.email:
             self._mark(invitation_id, sent=True)  # activated or removed since: nothing to send
             return False
+        try:
+            message = invitation_email(
+                self.settings, row.email, row.name or "", row.school, row.token_hash
+            )
+        except ValueError:  # no retry can send it: give it up, and say so on its item
+            self._mark(invitation_id, sent=True)
+            if row.batch_id is not None:
+                fail_applied_item(self.sessions, row.batch_id, row.learner_id, UNWRITABLE)
+            return False
         self.rate.wait()
-        message = invitation_email(
-            self.settings, row.email, row.name or "", row.school, row.token_hash
-        )
         marked = False
 
         def mark() -> bool:
@@ -287,6 +374,38 @@ class InvitationSender:
             session.execute(
                 update(Invitation).where(Invitation.id == invitation_id).values(sending_at=None)
             )
+
+
+def fail_applied_item(
+    sessions: sessionmaker[Session], batch_id: int, learner_id: int, error: str
+) -> bool:
+    """An `applied` invitation item whose email cannot be sent ends `failed`.
+    The item is already counted `applied` (in Redis, and in the batch's final
+    counts if it has finished), so both move to `failed`."""
+    with sessions() as session, session.begin():
+        changed = (
+            session.connection()
+            .execute(
+                update(BatchItem)
+                .where(
+                    BatchItem.batch_id == batch_id,
+                    BatchItem.learner_id == learner_id,
+                    BatchItem.outcome == ItemOutcome.APPLIED,
+                )
+                .values(outcome=ItemOutcome.FAILED, error=error, finished_at=now())
+            )
+            .rowcount
+        )
+        status = session.connection().scalar(select(Batch.status).where(Batch.id == batch_id))
+        if changed and status in FINISHED_BATCH_STATUSES:
+            counts = counts_from_items(session, batch_id)
+            session.connection().execute(
+                update(Batch).where(Batch.id == batch_id).values(counts=counts)
+            )
+    if changed:
+        moved = Counter({str(ItemOutcome.APPLIED): -1, str(ItemOutcome.FAILED): 1})
+        get_progress().add_many({batch_id: moved})
+    return bool(changed)
 
 
 def _refused_for_now(exc: BaseException) -> bool:

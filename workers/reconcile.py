@@ -27,7 +27,7 @@ from shared.models import Invitation
 from shared.publish import Publisher
 from shared.settings import Settings
 from workers.deletion import finalize_overdue
-from workers.errors import describe
+from workers.errors import describe, is_transient
 from workers.mail import InvitationSender
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,17 @@ def reconcile_once(
                     Invitation.sent_at.is_(None),
                     Invitation.created_at < now() - stale_after,
                 )
+                .order_by(Invitation.id)
                 .limit(200)
             ).all()
         for invitation_id in unsent:
             try:
                 result.invitations_sent += sender.deliver(invitation_id)
             except Exception as exc:
-                log.warning("invitation not sent, will retry: %s", describe(exc))
-                break
+                log.warning("invitation not sent: %s", describe(exc))
+                if is_transient(exc):
+                    break  # the mail server is down or busy: the next pass tries again
+                # Anything else concerns this row only (and marked it): go on.
     return result
 
 
