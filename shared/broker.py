@@ -26,9 +26,13 @@ LEARNER_TIME_LIMIT_MS = 60_000
 SMALL_BATCH_PRIORITY = 1
 
 
-def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
+def build_broker(
+    settings: Settings | None = None, rabbitmq_class: type[RabbitmqBroker] = RabbitmqBroker
+) -> dramatiq.Broker:
     """A broker with our middleware stack. Retries and the item bookkeeping are
-    added by `workers.middleware` so the producer does not import worker code.
+    added by `workers.middleware`, and worker processes pass their RabbitMQ
+    class (`workers.broker.WorkerBroker`), so the producer does not import
+    worker code.
     Dramatiq's other default middleware (age limits, callbacks, pipelines,
     shutdown notifications, current message) serve options no actor of ours
     uses, so they are left out: Dramatiq calls every middleware's hooks for
@@ -42,7 +46,7 @@ def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
         )
         middleware.insert(0, signer)
     if settings.broker_url.startswith("amqp"):
-        return RabbitmqBroker(
+        return rabbitmq_class(
             url=settings.broker_url,
             confirm_delivery=True,
             max_priority=SMALL_BATCH_PRIORITY,
@@ -54,11 +58,12 @@ def build_broker(settings: Settings | None = None) -> dramatiq.Broker:
 _broker: dramatiq.Broker | None = None
 
 
-def get_broker() -> dramatiq.Broker:
-    """The process-wide broker, also installed as Dramatiq's global broker."""
+def get_broker(rabbitmq_class: type[RabbitmqBroker] = RabbitmqBroker) -> dramatiq.Broker:
+    """The process-wide broker, also installed as Dramatiq's global broker.
+    `rabbitmq_class` counts on the first call only, which builds it."""
     global _broker
     if _broker is None:
-        _broker = build_broker()
+        _broker = build_broker(rabbitmq_class=rabbitmq_class)
         dramatiq.set_broker(_broker)
     return _broker
 

@@ -18,13 +18,24 @@ from typing import Protocol
 
 import dramatiq
 import pika
+import pika.channel
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Middleware
 from pika import spec
+from pika.adapters.blocking_connection import BlockingChannel
 
 log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_SECONDS = 30.0
+
+
+def underlying_channel(blocking_channel: BlockingChannel) -> pika.channel.Channel:
+    """pika's asynchronous channel under a blocking one. Its methods only queue
+    frames for the connection's I/O loop, where the blocking channel's run the
+    loop until each is written (or confirmed). pika 1.x keeps it in the private
+    `_impl`, read here and nowhere else: pyproject.toml pins pika below 2, and
+    tests/integration/test_worker_broker.py checks it."""
+    return blocking_channel._impl
 
 
 class PublishError(Exception):
@@ -70,10 +81,9 @@ class ConfirmedPublisher:
             return self._channel
         parameters = self.broker.parameters
         self._connection = pika.BlockingConnection(parameters)
-        blocking_channel = self._connection.channel()
         # The blocking adapter confirms one message per round trip; its
         # underlying channel lets us keep many confirms in flight.
-        channel = blocking_channel._impl
+        channel = underlying_channel(self._connection.channel())
         selected: list[bool] = []
         channel.confirm_delivery(self._on_confirm, callback=lambda _frame: selected.append(True))
         channel.add_on_return_callback(self._on_return)

@@ -16,6 +16,7 @@ from shared.broker import get_broker
 from shared.contract import FINALIZE_DELETION_QUEUE, Action
 from shared.settings import get_settings
 from workers import metrics, middleware
+from workers.broker import WorkerBroker
 from workers.deletion import finalize_learner
 from workers.errors import PermanentFailure, describe, is_transient
 from workers.items import _context, process_item, record_failure, sessions
@@ -24,16 +25,13 @@ from workers.mail import InvitationSender
 log = logging.getLogger(__name__)
 # Dramatiq has set up this worker process's logging by the time it imports us.
 redaction.install("dramatiq")
-broker = get_broker()
+broker = get_broker(rabbitmq_class=WorkerBroker)
 metrics.install(broker)
 middleware.install(broker)
 
-RETRY_OPTIONS = {
-    "retry_when": middleware.should_retry,
-    "throws": (PermanentFailure,),
-    "min_backoff": get_settings().retry_min_backoff_ms,
-    "max_backoff": get_settings().retry_max_backoff_ms,
-}
+# When and how often to retry is the Retries middleware's (workers.retries);
+# an actor only names the failures that are not worth retrying.
+RETRY_OPTIONS = {"throws": (PermanentFailure,)}
 
 
 @lru_cache(maxsize=1)
@@ -41,10 +39,11 @@ def invitation_sender() -> InvitationSender:
     return InvitationSender(sessions())
 
 
-def handle_item(action: Action, batch_id: int, learner_id: int) -> None:
+def handle_item(action: Action, batch_id: int, learner_id: int) -> str | None:
+    """The outcome's label ("applied", "skipped", "failed"), or None when
+    there was nothing to do; `workers.metrics.LearnerMetrics` counts it."""
     try:
         outcome = process_item(batch_id, learner_id)
-        metrics.note_outcome(outcome.kind.value if outcome else None)
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -60,11 +59,12 @@ def handle_item(action: Action, batch_id: int, learner_id: int) -> None:
             args=(ctx.school_id, learner_id),
             delay=get_settings().deletion_grace_seconds * 1000,
         )
+    return outcome.kind.value if outcome else None
 
 
 def _item_actor(action: Action) -> dramatiq.Actor:
-    def apply(batch_id: int, learner_id: int) -> None:
-        handle_item(action, batch_id, learner_id)
+    def apply(batch_id: int, learner_id: int) -> str | None:
+        return handle_item(action, batch_id, learner_id)
 
     apply.__name__ = apply.__qualname__ = action.value
     return dramatiq.actor(apply, actor_name=action.value, queue_name=action.queue, **RETRY_OPTIONS)
@@ -80,6 +80,6 @@ delete_learner = _item_actor(Action.DELETE_LEARNER)
 @dramatiq.actor(
     actor_name=FINALIZE_DELETION_QUEUE, queue_name=FINALIZE_DELETION_QUEUE, **RETRY_OPTIONS
 )
-def finalize_deletion(school_id: int, learner_id: int) -> None:
+def finalize_deletion(school_id: int, learner_id: int) -> str:
     """Purge a deleted learner once the grace period is over."""
-    metrics.note_outcome(finalize_learner(sessions(), school_id, learner_id).kind.value)
+    return finalize_learner(sessions(), school_id, learner_id).kind.value

@@ -8,6 +8,7 @@ FLUSH_SECONDS, so a scrape sees them at most that late.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,7 +25,6 @@ from shared.contract import LEARNER_ACTORS
 from shared.metrics import learner_latency, learners_processed
 
 FLUSH_SECONDS = 0.5
-_current = threading.local()
 
 
 class Tally:
@@ -34,9 +34,13 @@ class Tally:
     lock, checks the pid and writes a memory-mapped file; the eight updates
     per learner were 12% of a worker's Python time (docs/PERFORMANCE.md).
     Here an update adds to a dict, and `flush` writes each series' sum once.
-    Histograms are summed per bucket, which reads prometheus-client's child
-    internals (`_buckets`, `_sum`, `_upper_bounds`); tests/test_metric_tally.py
-    and tests/test_metrics.py check the exported values.
+
+    This reads prometheus-client's child internals (a counter's or gauge's
+    `_value`; a histogram's `_buckets`, `_sum`, `_upper_bounds`), here and
+    nowhere else: pyproject.toml pins prometheus-client below the next minor
+    version, tests/unit/test_dependency_internals.py checks the attributes,
+    tests/unit/test_metric_tally.py and tests/integration/test_metrics.py the
+    exported values.
     """
 
     def __init__(self) -> None:
@@ -82,12 +86,6 @@ class Tally:
 TALLY = Tally()
 
 
-def note_outcome(outcome: str | None) -> None:
-    """Called by an actor with the outcome it committed (None: nothing to do).
-    The actor and the middleware hooks run on the same worker thread."""
-    _current.outcome = outcome
-
-
 class DramatiqMetrics(Prometheus):
     """Dramatiq's Prometheus middleware (same series, same exposition server)
     with its two per-message hooks counting into the tally."""
@@ -122,7 +120,8 @@ class DramatiqMetrics(Prometheus):
 
 
 class LearnerMetrics(Middleware):
-    """Counts each learner outcome once, and times it from publish to outcome."""
+    """Counts each learner outcome once, and times it from publish to outcome.
+    The outcome is the actor's result: its label, or None for nothing to do."""
 
     def after_process_boot(self, broker):
         # Zero series from the start, so rates and ratios are defined before
@@ -132,13 +131,10 @@ class LearnerMetrics(Middleware):
             for outcome in ("applied", "skipped", "failed"):
                 learners_processed().labels(action, outcome)
 
-    def before_process_message(self, broker, message):
-        _current.outcome = None
-
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if message.actor_name not in LEARNER_ACTORS:
             return
-        outcome = getattr(_current, "outcome", None)
+        outcome = result
         if exception is not None:
             # Only a failure recorded on the item is an outcome; a retry is not.
             outcome = "failed" if message.failed else None
@@ -149,11 +145,24 @@ class LearnerMetrics(Middleware):
         TALLY.observe(learner_latency(), (message.actor_name,), max(0.0, time.time() - published))
 
 
+class _DiscardedResultWarning(logging.Filter):
+    """Dramatiq's worker warns, for every message, that an actor's result is
+    discarded unless the Results middleware (a result store) is installed.
+    Ours return their outcome for `LearnerMetrics` only, so that one warning
+    is dropped; every other log line of the worker threads stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "returned a value that is not None" not in str(record.msg)
+
+
 def install(broker: dramatiq.Broker) -> None:
-    """Only under the `dramatiq` CLI (started by `batchctl worker`), which boots
-    the multiprocess directory and forks the exposition server. Install before
-    `workers.middleware`: after-hooks run in reverse order, and these must see
-    the failed flag that Retries sets."""
+    """The middleware only under the `dramatiq` CLI (started by `batchctl
+    worker`), which boots the multiprocess directory and forks the exposition
+    server. Install before `workers.middleware`: after-hooks run in reverse
+    order, and these must see the failed flag that Retries sets."""
+    worker_threads = logging.getLogger("dramatiq.worker.WorkerThread")
+    if not any(isinstance(f, _DiscardedResultWarning) for f in worker_threads.filters):
+        worker_threads.addFilter(_DiscardedResultWarning())
     if os.environ.get("dramatiq_prom_db"):  # noqa: SIM112 (Dramatiq's own name)
         broker.add_middleware(DramatiqMetrics())
         broker.add_middleware(LearnerMetrics())

@@ -1,0 +1,87 @@
+"""The workers' RabbitMQ broker: Dramatiq's, with a consumer that queues its
+acks and notices undecodable bodies.
+
+Extended through Dramatiq 2.x's own hook: `RabbitmqBroker.consume` builds
+each consumer from the broker's `consumer_class` property, so `WorkerBroker`
+overrides that property to return `WorkerConsumer`, a subclass of Dramatiq's
+`_RabbitmqConsumer`. Worker processes build it (`shared.broker.get_broker`
+takes the class); the producer and the reconciler keep a plain
+`RabbitmqBroker`. The Dramatiq and pika internals this relies on are checked
+by tests/unit/test_dependency_internals.py and
+tests/integration/test_worker_broker.py; pyproject.toml pins both below
+their next major version.
+
+Acks queued for the consumer's next I/O turn instead of flushed one by one.
+Dramatiq acks a message by handing `BlockingChannel.basic_ack` to the
+consumer's connection thread (`add_callback_threadsafe`). The blocking
+adapter's `basic_ack` then runs the event loop until its output buffer is
+empty: a poll and a loop turn for every single ack, the largest single item
+of a worker's Python time (and of the bench's floor's). The channel
+underneath (pika's asynchronous channel, `shared.publish.underlying_channel`)
+only queues the frame; the same connection thread writes it on the loop turn
+it is already in, or the next, which follows at once because the consumer
+drives the loop continuously. Same thread, same frames, same order; acks can
+only be delayed by one loop turn, and RabbitMQ redelivers an unacked message
+anyway if the connection drops before it is written.
+
+Undecodable bodies. Dramatiq's consumer logs a body it cannot decode, nacks
+it (to the dead letters) and yields nothing, so no middleware hook sees it.
+The consumer notes each delivery's body on its way to Dramatiq and hands an
+undecodable one to `PoisonMessages.malformed`, which fails the item it
+names. That happens before the nack is written: Dramatiq queues the nack for
+the connection thread, which is this consumer's thread, on its next turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.errors import ConnectionClosed
+
+from shared.publish import underlying_channel
+from workers.poison import PoisonMessages
+
+
+class WorkerConsumer(_RabbitmqConsumer):
+    def __init__(self, broker, queue_name, prefetch, timeout):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self._queue_ack = underlying_channel(self.channel).basic_ack
+        self._body: bytes | None = None
+        self.iterator = self._noting_bodies(self.iterator)
+
+    def _noting_bodies(self, deliveries: Iterator) -> Iterator:
+        for delivery in deliveries:
+            method, _properties, body = delivery
+            self._body = None if method is None else body  # None: the idle tick
+            yield delivery
+
+    def __next__(self):
+        message = super().__next__()
+        # Dramatiq returns None for a delivery only when it could not decode it.
+        if message is None and self._body is not None:
+            body, self._body = self._body, None
+            PoisonMessages.malformed(self.broker, self.queue_name, body)
+        return message
+
+    def ack(self, message):
+        """Dramatiq's `ack`, with the frame queued instead of flushed."""
+        try:
+            self.known_tags.remove(message._tag)
+            self.connection.add_callback_threadsafe(partial(self._queue_ack, message._tag))
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        except KeyError:
+            self.logger.warning("Failed to ack message: not in known tags.")
+        except Exception:
+            self.logger.warning("Failed to ack message.", exc_info=True)
+
+
+class WorkerBroker(RabbitmqBroker):
+    """The RabbitMQ broker of worker processes: consumers are `WorkerConsumer`s."""
+
+    @property
+    def consumer_class(self):
+        return WorkerConsumer
