@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast faults lint bench clean
+.PHONY: demo test test-fast faults lint bench clean deploy-test
 
 $(BIN)/batchctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ $(VENV)/.bench-deps: pyproject.toml $(BIN)/batchctl
 
 bench: $(BIN)/batchctl $(VENV)/.bench-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# deploy/docker-compose.yml for real: podman builds the image and Debian-based
+# stand-ins for the third-party images, podman-compose runs the stack, a batch of
+# every action must complete, then `down` (deploy/podman/deploy-test.sh; root).
+deploy-test:
+	bash deploy/podman/deploy-test.sh
 
 lint: $(BIN)/batchctl
 	$(BIN)/ruff check .
