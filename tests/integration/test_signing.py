@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -223,3 +225,25 @@ def debug_state(session, batch_id):
             BatchItem.batch_id == batch_id
         )
     ).all()
+
+
+def test_every_process_that_uses_rabbitmq_refuses_to_start_without_a_key(stack):
+    """Producer, worker, reconciler and `dlq` all read the same settings."""
+    for key in ("", "short"):
+        env = {**stack.env, "SIGNING_KEY": key, "SIGNING_KEY_PREVIOUS": "", "COLUMNS": "400"}
+        for args in (
+            ["serve", "--port", "0"],
+            ["worker", "--processes", "1"],
+            ["reconcile", "--once"],
+            ["dlq", "list"],
+        ):
+            started = subprocess.run(
+                [sys.executable, "-m", "batchctl", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            output = started.stdout + started.stderr
+            assert started.returncode != 0, args
+            assert "SIGNING_KEY" in output and "openssl rand -hex 32" in output, args
