@@ -19,6 +19,7 @@ from shared.dispatch import item_message
 from shared.models import Batch, BatchItem, Group, GroupMembership, Learner
 from shared.signing import signature
 from tests.support.factories import learner_ids
+from tests.support.services import wait_until
 
 
 def batchctl(stack, *args: str) -> subprocess.CompletedProcess:
@@ -29,13 +30,6 @@ def batchctl(stack, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_dead_letters_are_listed_and_replayed_after_the_cause_is_fixed(stack, session):
@@ -63,7 +57,9 @@ def test_dead_letters_are_listed_and_replayed_after_the_cause_is_fixed(stack, se
             batch = client.submit("add_to_group", {"learner_ids": ids}, {"group_ids": [group_id]})
             final = client.wait(batch["id"], timeout=60)
         assert final["counts"]["failed"] == 1
-        wait_until(lambda: stack.vhost.queue_depths().get("add_to_group.XQ") == 1)
+        wait_until(
+            lambda: stack.vhost.queue_depths().get("add_to_group.XQ") == 1, 30, "one dead letter"
+        )
 
         listed = batchctl(stack, "dlq", "list", "--queue", "add_to_group")
         assert listed.returncode == 0, listed.stderr
@@ -134,7 +130,9 @@ def test_forged_dead_letters_are_listed_as_such_and_never_replayed(stack, sessio
     for message in (unsigned, forged):
         channel.basic_publish("", "deactivate_learner", message.encode())
     connection.close()
-    wait_until(lambda: stack.vhost.queue_depths().get("deactivate_learner.XQ") == 2)
+    wait_until(
+        lambda: stack.vhost.queue_depths().get("deactivate_learner.XQ") == 2, 30, "two dead letters"
+    )
 
     listed = batchctl(stack, "dlq", "list", "--queue", "deactivate_learner")
     letters = [json.loads(line) for line in listed.stdout.splitlines()]

@@ -16,6 +16,7 @@ from shared.models import AuditEntry, Learner
 from shared.redaction import redact
 from tests.integration.test_erasure_and_idempotency import tables_mentioning
 from tests.support.factories import make_learner
+from tests.support.services import wait_until
 
 
 def redis_mentions(url: str, needles: list[str]) -> list[str]:
@@ -85,11 +86,12 @@ def test_a_purged_learner_is_in_no_table_key_log_line_or_message(stack, session,
         assert invited["counts"]["applied"] == 1
         deleted = client.wait(client.submit("delete_learner", {"learner_ids": [learner.id]})["id"])
         assert deleted["counts"]["applied"] == 1
-    deadline = time.monotonic() + 30
-    while session.scalar(select(Learner.status).where(Learner.id == learner.id)) != "deleted":
-        assert time.monotonic() < deadline, "the deletion was never finalized"
-        time.sleep(0.3)
+
+    def finalized() -> bool:
         session.expire_all()
+        return session.scalar(select(Learner.status).where(Learner.id == learner.id)) == "deleted"
+
+    wait_until(finalized, 30, "the deletion to be finalized", every=0.3)
     time.sleep(1.0)  # let the processes flush their logs
 
     assert tables_mentioning(session, *needles) == {}

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from batchctl.seed import seed_school
 from shared.models import Course, Learner
 from tests.support.factories import learner_ids
+from tests.support.services import http_ok, wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RABBIT_METRICS = "http://127.0.0.1:15692/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count"
@@ -59,15 +60,10 @@ def rabbit_metrics():
         capture_output=True,
         timeout=120,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(RABBIT_METRICS, timeout=2).status_code == 200:
-                return RABBIT_METRICS
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail("RabbitMQ's Prometheus endpoint did not come up on :15692")
+    wait_until(
+        lambda: http_ok(RABBIT_METRICS), 60, "RabbitMQ's Prometheus endpoint on :15692", every=0.5
+    )
+    return RABBIT_METRICS
 
 
 def test_every_metric_the_alerts_and_dashboard_use_is_exported_with_the_batch_values(

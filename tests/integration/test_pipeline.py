@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 
 import pytest
 from sqlalchemy import func, select
@@ -20,6 +20,7 @@ from shared.models import (
     LearnerSettings,
 )
 from tests.support.factories import learner_ids
+from tests.support.services import wait_until
 
 LEARNERS = 2000
 
@@ -55,10 +56,12 @@ def test_add_to_group_end_to_end(stack, session, big_school):
         failed = list(client.items(batch["id"], outcome="failed"))
     # Every message is acked once its learner is done (workers/acks.py): RabbitMQ
     # holds none of them, ready or unacknowledged, to deliver again.
-    deadline = time.monotonic() + 15
-    while left := stack.vhost.queue_depths().get("add_to_group", 0):
-        assert time.monotonic() < deadline, f"{left} add_to_group messages never acked"
-        time.sleep(0.5)
+    wait_until(
+        lambda: stack.vhost.queue_depths().get("add_to_group", 0) == 0,
+        15,
+        "every add_to_group message acked",
+        every=0.5,
+    )
 
     selected = set(learner_ids(session, big_school.school_id)) | {big_school.admin_id}
     assert final["status"] == "completed"
@@ -128,18 +131,14 @@ def test_delete_end_to_end_purges_after_the_grace_period(stack, session, big_sch
         batch = client.submit("delete_learner", {"learner_ids": chosen})
         final = client.wait(batch["id"], timeout=120)
     assert final["counts"]["applied"] == 500
-    import time
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def deleted() -> int:
         session.rollback()
-        deleted = session.scalar(
+        return session.scalar(
             select(func.count()).where(Learner.id.in_(chosen), Learner.status == "deleted")
         )
-        if deleted == 500:
-            break
-        time.sleep(0.5)
-    assert deleted == 500
+
+    wait_until(lambda: deleted() == 500, 60, "500 deletions finalized", every=0.5)
     assert (
         session.scalar(
             select(func.count()).where(Learner.id.in_(chosen), Learner.email.is_not(None))
@@ -159,14 +158,14 @@ def test_invitation_batch_sends_one_email_per_not_activated_learner(stack, sessi
     emails = dict(
         session.execute(select(Learner.id, Learner.email).where(Learner.id.in_(chosen))).all()
     )
-    import time
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def arrived() -> int:
         received = stack.smtp.inbox.recipients()
-        if sum(received[emails[i]] for i in invited) >= len(invited):
-            break
-        time.sleep(0.2)
+        return sum(received[emails[i]] for i in invited)
+
+    # Not an error on timeout: the assertions below say which emails are missing.
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: arrived() >= len(invited), 30, "every invitation email")
     received = stack.smtp.inbox.recipients()
     assert {emails[i]: received[emails[i]] for i in invited} == {emails[i]: 1 for i in invited}
     assert all(received[emails[i]] == 0 for i in set(chosen) - invited)

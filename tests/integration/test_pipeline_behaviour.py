@@ -25,6 +25,7 @@ from shared.models import (
 )
 from shared.publish import ConfirmedPublisher
 from tests.support.factories import learner_ids
+from tests.support.services import wait_until
 
 
 @pytest.fixture
@@ -335,7 +336,8 @@ def test_a_learner_whose_step_fails_permanently_ends_failed_and_dead_lettered(
     assert final["counts"]["applied"] + final["counts"]["skipped"] == len(chosen) - 1
     assert [i["learner_id"] for i in failed] == [doomed]
     assert failed[0]["error"].endswith("Error (P0001)")  # the SQLSTATE, never row values
-    deadline = time.monotonic() + 10
-    while stack.vhost.queue_depths().get("add_to_group.XQ", 0) == dead_before:
-        assert time.monotonic() < deadline, "the failed message never reached the dead letters"
-        time.sleep(0.2)
+    wait_until(
+        lambda: stack.vhost.queue_depths().get("add_to_group.XQ", 0) != dead_before,
+        10,
+        "the failed message in the dead letters",
+    )

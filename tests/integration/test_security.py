@@ -4,7 +4,6 @@ school never reaches another school's learners, and limits answer clearly."""
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -22,8 +21,9 @@ from shared.actions import Actor
 from shared.dispatch import item_message
 from shared.models import ApiToken, Batch, BatchItem, Group, Learner
 from shared.publish import ConfirmedPublisher
-from shared.settings import get_settings
+from shared.runtime import current
 from tests.support.factories import learner_ids, make_learner
+from tests.support.services import wait_until
 
 
 @pytest.fixture
@@ -178,17 +178,17 @@ def test_a_worker_finds_another_schools_learner_not_found_and_leaves_it_alone(st
     publisher.publish([item_message("deactivate_learner", batch.id, stranger)])
     publisher.close()
     broker.close()
-    deadline = time.monotonic() + 30
-    while True:
+
+    def finished():
         session.expire_all()
         item = session.execute(
             select(BatchItem.outcome, BatchItem.reason).where(
                 BatchItem.batch_id == batch.id, BatchItem.learner_id == stranger
             )
         ).one()
-        if item.outcome != "pending" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return None if item.outcome == "pending" else item
+
+    item = wait_until(finished, 30, "the stranger's item to finish")
     assert tuple(item) == ("skipped", "not_found")
     assert session.scalar(select(Learner.status).where(Learner.id == stranger)) == "active"
 
@@ -199,7 +199,7 @@ def test_limits_answer_413_and_429_with_retry_after(api, session, two_schools, m
     too_big = api.post("/v1/batches", json=huge, headers=auth(mine.token))
     assert too_big.status_code == 413 and "filter" in too_big.json()["detail"]
 
-    monkeypatch.setattr(get_settings(), "max_active_batches_per_school", 2)
+    monkeypatch.setattr(current().settings, "max_active_batches_per_school", 2)
     ids = learner_ids(session, mine.school_id)
     codes = []
     for n in range(3):
