@@ -218,11 +218,12 @@ class FaultStack:
             healthz = f"{self.base_url}/healthz"
             wait_until(lambda: http_ok(healthz), timeout, "the producer", self.producer)
         wanted = PROCESSES * sum(1 for pod in self.pods if pod.restart)
+        what = f"{wanted} consumers on {queue}"
         try:
-            wait_until(lambda: self.queues.consumers(queue) >= wanted, timeout, queue, every=0.3)
+            wait_until(lambda: self.queues.consumers(queue) >= wanted, timeout, what, every=0.3)
         except TimeoutError as error:
             logs = "\n".join(pod.output()[-1500:] for pod in self.pods)
-            raise TimeoutError(f"{wanted} consumers not up on {error}:\n{logs}") from None
+            raise TimeoutError(f"{error}\n{logs}") from None
 
     def stop(self) -> None:
         for pod in self.pods:
