@@ -51,7 +51,7 @@ RUN="$STATE/run"
 LABEL="label=io.podman.compose.project=$PROJECT"
 T0=$SECONDS
 CURRENT_STEP="start"
-TICKER_PID=""
+BG_JOBS=() # process groups started here (image builds, healthcheck ticker)
 STACK_UP=0
 
 log() { printf '[deploy-test %4ss] %s\n' "$((SECONDS - T0))" "$*"; }
@@ -65,8 +65,24 @@ die() {
 }
 
 pc() {
-    "$STATE/venv/bin/podman-compose" -p "$PROJECT" \
+    timeout 600 "$STATE/venv/bin/podman-compose" -p "$PROJECT" \
         -f "$deploy/docker-compose.yml" -f "$here/compose.test.yml" "$@"
+}
+
+# Run "$@" in the background in a process group of its own (job control), so
+# that stop_jobs ends it with everything it started.
+bg_job() {
+    set -m
+    "$@" &
+    BG_JOBS+=("$!")
+    set +m
+}
+stop_jobs() {
+    local pgid
+    for pgid in "${BG_JOBS[@]}"; do
+        kill -TERM -- "-$pgid" 2>/dev/null || true
+    done
+    BG_JOBS=()
 }
 
 # ------------------------------------------------------------------ teardown
@@ -115,8 +131,7 @@ dump_failing() {
 
 teardown() {
     local left
-    [[ -n "$TICKER_PID" ]] && kill "$TICKER_PID" 2>/dev/null && wait "$TICKER_PID" 2>/dev/null
-    TICKER_PID=""
+    stop_jobs
     ((STACK_UP)) || [[ -n "$(project_leftovers)" ]] || return 0
     log "==> podman-compose down -v"
     local t=$SECONDS
@@ -145,7 +160,7 @@ on_exit() {
         ((STACK_UP)) && dump_failing >&2
     fi
     if [[ "${DEPLOY_TEST_KEEP:-0}" == 1 && $rc == 0 ]]; then
-        [[ -n "$TICKER_PID" ]] && kill "$TICKER_PID" 2>/dev/null
+        stop_jobs
         log "DEPLOY_TEST_KEEP=1: the stack stays up; CONTAINERS_CONF=$CONTAINERS_CONF $STATE/venv/bin/podman-compose -p $PROJECT ... down -v"
     elif ! teardown; then
         log "deploy-test FAILED at step: down (something was left running)" >&2
@@ -238,6 +253,27 @@ else
     log "    built $BASE_IMAGE in $((SECONDS - t))s"
 fi
 
+build_standin() {
+    local name="$1" tag="$2" h="$3" t=$SECONDS
+    podman build --format docker --layers=false --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        -t "$tag" "$here/images/$name" >"$RUN/build-$name.log" 2>&1 || return 1
+    log "    built $tag in $((SECONDS - t))s"
+    prune_tags "$IMAGE_PREFIX/$name" "$h"
+}
+build_app() {
+    local t=$SECONDS old
+    old="$(podman image inspect -f '{{.Id}}' "$APP_IMAGE" 2>/dev/null || true)"
+    # --ignorefile: podman 4.3 does not look for <Dockerfile>.dockerignore by itself.
+    podman build --format docker --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
+        --ignorefile "$deploy/Dockerfile.dockerignore" \
+        -f "$deploy/Dockerfile" -t "$APP_IMAGE" "$repo" >"$RUN/build-app.log" 2>&1 || return 1
+    log "    built $APP_IMAGE in $((SECONDS - t))s"
+    # The image it replaced (now untagged); its layers stay as build cache.
+    if [[ -n "$old" && "$old" != "$(podman image inspect -f '{{.Id}}' "$APP_IMAGE")" ]]; then
+        podman rmi "$old" >/dev/null 2>&1 || true
+    fi
+}
+
 step "images: stand-ins (${STANDINS[*]}) and the app image, in parallel"
 declare -A build_pid=() standin_tag=()
 for name in "${STANDINS[@]}"; do
@@ -248,24 +284,13 @@ for name in "${STANDINS[@]}"; do
         log "    cached: $tag"
         continue
     fi
-    (
-        t=$SECONDS
-        podman build --format docker --layers=false --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-            -t "$tag" "$here/images/$name" >"$RUN/build-$name.log" 2>&1
-        log "    built $tag in $((SECONDS - t))s"
-        prune_tags "$IMAGE_PREFIX/$name" "$h"
-    ) &
+    bg_job build_standin "$name" "$tag" "$h"
     build_pid[$name]=$!
 done
 # The project's image exactly as docker-compose.yml's `build:` describes it
 # (context: the repo root, deploy/Dockerfile), with the base as its FROM.
 # --format docker keeps the HEALTHCHECK (OCI images have none).
-(
-    t=$SECONDS
-    podman build --format docker --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
-        -f "$deploy/Dockerfile" -t "$APP_IMAGE" "$repo" >"$RUN/build-app.log" 2>&1
-    log "    built $APP_IMAGE in $((SECONDS - t))s"
-) &
+bg_job build_app
 build_pid[app]=$!
 failed=()
 for name in "${!build_pid[@]}"; do
@@ -372,12 +397,12 @@ wait_for() {
 
 step "compose up: services in depends_on order"
 STACK_UP=1
-health_ticker >/dev/null 2>&1 &
-TICKER_PID=$!
+bg_job health_ticker >/dev/null 2>&1
 while IFS='|' read -r services waits; do
     for w in $waits; do
         wait_for "${w%%=*}" "${w#*=}"
     done
+    [[ -n "$services" ]] || continue
     log "    podman-compose up -d $services"
     # shellcheck disable=SC2086 # a list of service names
     pc up -d --no-build --no-deps $services >>"$RUN/up.log" 2>&1 ||
