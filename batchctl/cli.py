@@ -66,10 +66,10 @@ def seed(
 ) -> None:
     """Create a realistic school with an admin and an API token for that admin."""
     from batchctl.seed import seed_school
-    from shared.db import session_scope
+    from shared import runtime
 
     started = time.perf_counter()
-    with session_scope() as session:
+    with runtime.start().transaction() as session:
         seeded = seed_school(session, learners=learners, groups=groups, courses=courses)
     if not as_json:
         console.print(
@@ -90,10 +90,10 @@ def token(
     from sqlalchemy import select
 
     from producer.tokens import ALL_SCOPES, READ_SCOPE, issue_token
-    from shared.db import session_scope
+    from shared import runtime
     from shared.models import Learner
 
-    with session_scope() as session:
+    with runtime.start().transaction() as session:
         admin = session.scalar(
             select(Learner).where(Learner.id == learner_id, Learner.school_id == school_id)
         )
@@ -112,25 +112,33 @@ def serve(
     import uvicorn
 
     from producer.app import create_app
+    from shared import runtime
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(create_app(runtime.start()), host=host, port=port, log_level="info")
+    finally:
+        runtime.stop()
 
 
 def worker_metrics_env() -> dict[str, str]:
     """Point Dramatiq's Prometheus middleware at METRICS_HOST:METRICS_PORT and a
-    multiprocess directory of this pool's own, emptied so that no series of a
-    previous run's dead processes is served."""
+    multiprocess directory of this pool's own: PROMETHEUS_MULTIPROC_DIR when
+    the deployment gives one (emptied, so that no series of a previous run's
+    dead processes is served), else a new private directory (mode 0700,
+    unpredictable name: nobody else can have placed files or links in it)."""
     import tempfile
 
-    from shared.settings import get_settings
+    from shared.settings import Settings
 
-    settings = get_settings()
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
-        tempfile.gettempdir(), f"batch-actions-metrics-{settings.metrics_port}"
-    )
-    os.makedirs(directory, exist_ok=True)
-    for stale in Path(directory).glob("*.db"):
-        stale.unlink()
+    settings = Settings()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
+    else:
+        directory = tempfile.mkdtemp(prefix=f"batch-actions-metrics-{settings.metrics_port}-")
     return {
         "PROMETHEUS_MULTIPROC_DIR": directory,
         "dramatiq_prom_db": directory,
@@ -156,7 +164,7 @@ def worker(
         sys.executable,
         "-m",
         "dramatiq",
-        "workers.actors",
+        "workers.runtime:start_worker",
         "--processes",
         str(processes),
         "--threads",
@@ -173,19 +181,17 @@ def worker(
 @app.command()
 def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -> None:
     """Republish stuck items, finalize overdue deletions, complete batches."""
-    from shared import redaction
-    from shared.broker import get_broker
-    from shared.db import get_sessionmaker
+    from shared import redaction, runtime
     from shared.metrics import DatabaseCollector, serve_metrics
     from shared.publish import publisher_for
-    from shared.settings import get_settings
     from workers import reconcile as reconciler
     from workers.mail import InvitationSender
 
-    settings = get_settings()
-    sessions = get_sessionmaker()
-    publisher = publisher_for(get_broker())
-    sender = InvitationSender(sessions, settings)
+    process = runtime.start()
+    settings = process.settings
+    sessions = process.sessions
+    publisher = publisher_for(process.broker)
+    sender = InvitationSender(sessions, settings, process.redis, process.progress)
     if not once:
         serve_metrics(settings.metrics_host, settings.metrics_port, [DatabaseCollector(sessions)])
     if once:
@@ -328,9 +334,9 @@ QueueOption = typer.Option(None, "--queue", help="One queue (default: every queu
 def _rabbit():
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    from shared.broker import get_broker
+    from shared import runtime
 
-    broker = get_broker()
+    broker = runtime.start().broker
     if not isinstance(broker, RabbitmqBroker):
         _fail(ValueError("dead-letter queues need RabbitMQ: set BROKER_URL=amqp://..."))
     return broker
@@ -368,11 +374,11 @@ def dlq_replay(
 ) -> None:
     """Publish dead letters again; their failed items are reopened first."""
     from batchctl import dlq
-    from shared.db import get_sessionmaker
+    from shared import runtime
 
     broker = _rabbit()
     for name in _queues(queue):
-        report = dlq.replay(broker, get_sessionmaker(), name, limit, dry_run)
+        report = dlq.replay(broker, runtime.current().sessions, name, limit, dry_run)
         verb = "would replay" if dry_run else "replayed"
         console.print(
             f"{name}.XQ: {verb} {report.replayed:,} (items reopened: {report.reopened:,}); "

@@ -21,10 +21,10 @@ def _embedded() -> bool:
 
 def run_demo(console: Console, learners: int) -> None:
     os.environ.setdefault("DELETION_GRACE_SECONDS", GRACE_SECONDS)
-    from shared.settings import get_settings
+    from workers.runtime import start_worker
 
-    get_settings.cache_clear()
-    settings = get_settings()
+    worker_runtime = start_worker()
+    settings = worker_runtime.settings
 
     import dramatiq
     from fastapi.testclient import TestClient
@@ -33,8 +33,6 @@ def run_demo(console: Console, learners: int) -> None:
     from batchctl.migrate import upgrade
     from producer.app import create_app
     from producer.client import BatchClient
-    from shared.broker import get_broker
-    from shared.db import session_scope
     from shared.models import Course, Group, Learner
 
     where = "embedded (SQLite, in-process broker)" if _embedded() else "configured services"
@@ -42,7 +40,7 @@ def run_demo(console: Console, learners: int) -> None:
     upgrade()
     from batchctl.seed import seed_school
 
-    with session_scope() as session:
+    with worker_runtime.transaction() as session:
         seeded = seed_school(session, learners=learners, name="Demo School")
         groups = session.scalars(select(Group.id).where(Group.school_id == seeded.school_id))
         group_ids = list(groups)[:2]
@@ -52,17 +50,14 @@ def run_demo(console: Console, learners: int) -> None:
         f"seeded school {seeded.school_id}: {learners:,} learners, admin {seeded.admin_id}"
     )
 
-    broker = get_broker()
-    import workers.actors  # noqa: F401  (registers the actors on the broker)
-
-    worker = dramatiq.Worker(broker, worker_threads=2 if _embedded() else 8)
+    worker = dramatiq.Worker(worker_runtime.broker, worker_threads=2 if _embedded() else 8)
     worker.start()
     summary = Table(title="Demo summary")
     summary.add_column("batch: action on selection")
     for column in ("learners", "applied", "skipped", "failed", "per s"):
         summary.add_column(column, justify="right")
     try:
-        with TestClient(create_app()) as http:
+        with TestClient(create_app(worker_runtime)) as http:
             client = BatchClient("", seeded.token, http=http)
             first_page = [
                 p["id"] for p in http.get("/v1/learners", params={"limit": 50}).json()["learners"]
@@ -109,7 +104,7 @@ def run_demo(console: Console, learners: int) -> None:
                     f"{view['rate_per_second'] or 0:,.0f}",
                 )
         deadline = time.monotonic() + 30
-        with session_scope() as session:
+        with worker_runtime.transaction() as session:
             while True:
                 deleted = session.scalar(
                     select(func.count()).where(

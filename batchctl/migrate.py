@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 
 import shared
-from shared.settings import get_settings
+from shared.settings import Settings
 
 MIGRATIONS = Path(shared.__file__).parent / "migrations"
 
@@ -16,7 +16,7 @@ MIGRATIONS = Path(shared.__file__).parent / "migrations"
 def alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url or get_settings().database_url)
+    config.set_main_option("sqlalchemy.url", url or Settings().database_url)
     return config
 
 

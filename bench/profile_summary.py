@@ -15,7 +15,7 @@ from collections import Counter
 BUCKETS = [
     ("dramatiq worker: process_message (all of it)", "process_message (dramatiq/worker.py"),
     ("  our actor (handle_item)", "handle_item (workers/actors.py"),
-    ("    process_item", "process_item (workers/items.py"),
+    ("    Items.process", "process (workers/items.py"),
     ("      one statement (workers/statements.run)", "run (workers/statements.py"),
     ("      claim_item", "claim_item (workers/items.py"),
     ("      domain function (APPLY)", "<lambda> (workers/items.py"),

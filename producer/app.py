@@ -14,26 +14,23 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from producer.limits import BodySizeLimit
+from producer.limits import BodySizeLimit, RequestRate
 from producer.routes import router
 from producer.submit import SubmitError
 from shared import redaction
-from shared.broker import get_broker
-from shared.db import get_sessionmaker
 from shared.dispatch import DispatchLoop
 from shared.metrics import DatabaseCollector, exposition, requests
-from shared.progress import get_redis
 from shared.publish import publisher_for
-from shared.settings import get_settings
+from shared.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 
 
-def start_dispatcher() -> DispatchLoop:
-    settings = get_settings()
+def start_dispatcher(runtime: Runtime) -> DispatchLoop:
+    settings = runtime.settings
     loop = DispatchLoop(
-        get_sessionmaker(),
-        lambda: publisher_for(get_broker()),
+        runtime.sessions,
+        lambda: publisher_for(runtime.broker),
         window=settings.dispatch_window,
         stale_after=timedelta(seconds=settings.stale_after_seconds),
     )
@@ -41,11 +38,14 @@ def start_dispatcher() -> DispatchLoop:
     return loop
 
 
-def create_app(dispatch: bool = True) -> FastAPI:
+def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI:
+    """The API on `runtime` (by default this process's, `shared.runtime.current`)."""
+    runtime = runtime or current()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         redaction.install("uvicorn", "uvicorn.access", "uvicorn.error")
-        app.state.dispatcher = start_dispatcher() if dispatch else None
+        app.state.dispatcher = start_dispatcher(runtime) if dispatch else None
         yield
         if app.state.dispatcher is not None:
             app.state.dispatcher.stop()
@@ -57,8 +57,12 @@ def create_app(dispatch: bool = True) -> FastAPI:
         description="Apply one action to any number of learners of a school.",
         lifespan=lifespan,
     )
+    app.state.runtime = runtime
+    app.state.rate = RequestRate(
+        runtime.settings.api_rate_per_minute, runtime.redis, runtime.namespace
+    )
     app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
@@ -85,7 +89,7 @@ def create_app(dispatch: bool = True) -> FastAPI:
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     # Resolved at scrape time: building the app must not touch the database.
-    collectors = [DatabaseCollector(lambda: get_sessionmaker()())]
+    collectors = [DatabaseCollector(runtime.sessions)]
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -108,11 +112,11 @@ def create_app(dispatch: bool = True) -> FastAPI:
     def readyz() -> JSONResponse:
         problems = {}
         try:
-            with get_sessionmaker()() as session:
+            with runtime.sessions() as session:
                 session.execute(text("SELECT 1"))
         except Exception as exc:
             problems["database"] = type(exc).__name__
-        client = get_redis()
+        client = runtime.redis
         if client is not None:
             try:
                 client.ping()

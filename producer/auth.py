@@ -11,7 +11,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from producer.deps import get_session
-from producer.limits import request_rate
 from producer.tokens import READ_SCOPE, WRITE_SCOPE, hash_token
 from shared.actions import Actor
 from shared.models import ApiToken, Learner, LearnerStatus
@@ -40,7 +39,7 @@ def _authenticate(request: Request, session: Session, scope: str) -> Actor:
     ).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise _unauthorized("invalid or revoked token")
-    request_rate().check(digest[:32])
+    request.app.state.rate.check(digest[:32])
     if row.status != LearnerStatus.ACTIVE or not row.is_admin:
         raise HTTPException(403, "this token does not belong to an active admin")
     scopes = row.scopes.split()

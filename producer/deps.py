@@ -1,14 +1,24 @@
-"""Request-scoped dependencies: the database session."""
+"""Request-scoped dependencies: the process's runtime and a database session."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from shared.db import get_sessionmaker
+from shared.runtime import Runtime
 
 
-def get_session() -> Iterator[Session]:
-    with get_sessionmaker()() as session:
+def get_runtime(request: Request) -> Runtime:
+    """The runtime `create_app` was given (one per producer process)."""
+    return request.app.state.runtime
+
+
+def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
+    with runtime.sessions() as session:
         yield session
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

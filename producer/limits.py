@@ -10,9 +10,6 @@ import redis
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.progress import get_redis
-from shared.settings import get_settings
-
 
 class BodyTooLarge(Exception):
     pass
@@ -65,15 +62,17 @@ class RequestRate:
     """At most `per_minute` requests per token per clock minute: shared by all
     producer replicas through Redis, per process when Redis is absent or down."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, client: redis.Redis | None, namespace: str) -> None:
         self.per_minute = per_minute
+        self.client = client
+        self.namespace = namespace
         self.local: dict[tuple[str, int], int] = {}
         self.lock = threading.Lock()
 
     def _count(self, who: str, minute: int) -> int:
-        client = get_redis()
+        client = self.client
         if client is not None:
-            key = f"batch-actions:rate:{who}:{minute}"
+            key = f"batch-actions:{self.namespace}:rate:{who}:{minute}"
             try:
                 pipe = client.pipeline(transaction=False)
                 pipe.incr(key)
@@ -96,13 +95,3 @@ class RequestRate:
                 f"more than {self.per_minute} requests a minute with this token; retry in {retry}s",
                 headers={"Retry-After": str(retry)},
             )
-
-
-_rate: RequestRate | None = None
-
-
-def request_rate() -> RequestRate:
-    global _rate
-    if _rate is None:
-        _rate = RequestRate(get_settings().api_rate_per_minute)
-    return _rate

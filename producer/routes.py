@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from producer.access import access
 from producer.auth import reader, writer
-from producer.deps import get_session
+from producer.deps import RuntimeDep, get_session
 from producer.schemas import (
     MAX_ID,
     AccessView,
@@ -34,7 +34,6 @@ from producer.views import batch_view
 from shared.actions import Actor
 from shared.batches import request_cancel
 from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, Group, Learner, LearnerStatus
-from shared.progress import get_progress
 
 router = APIRouter(prefix="/v1")
 Reader = Annotated[Actor, Depends(reader)]
@@ -84,6 +83,7 @@ def create_batch(
     response: Response,
     actor: Writer,
     session: SessionDep,
+    runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
     """Freeze the selection into a batch and start dispatch; with `dry_run`,
@@ -97,36 +97,44 @@ def create_batch(
                 mode="json"
             )
         )
-    submitted = submit(session, actor, body, idempotency_key)
+    submitted = submit(
+        session, actor, body, idempotency_key, runtime.settings.max_active_batches_per_school
+    )
     session.commit()
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     elif submitted.not_found:
-        get_progress().add(submitted.batch.id, "skipped:not_found", submitted.not_found)
+        runtime.progress.add(submitted.batch.id, "skipped:not_found", submitted.not_found)
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         dispatcher.wake()
     response.headers["Location"] = f"/v1/batches/{submitted.batch.id}"
-    return batch_view(session, submitted.batch)
+    return batch_view(session, submitted.batch, runtime.progress)
 
 
 @router.get("/batches", response_model=BatchList, responses=ERRORS)
-def list_batches(actor: Reader, session: SessionDep, cursor: Cursor = None, limit: Limit = 20):
+def list_batches(
+    actor: Reader,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    cursor: Cursor = None,
+    limit: Limit = 20,
+):
     """The school's batches, newest first."""
     query = select(Batch).where(Batch.school_id == actor.school_id)
     if cursor:
         query = query.where(Batch.id < cursor)
     batches = session.scalars(query.order_by(Batch.id.desc()).limit(limit)).all()
     return BatchList(
-        batches=[batch_view(session, b) for b in batches],
+        batches=[batch_view(session, b, runtime.progress) for b in batches],
         next_cursor=batches[-1].id if len(batches) == limit else None,
     )
 
 
 @router.get("/batches/{batch_id}", response_model=BatchView, responses={**ERRORS, **NOT_FOUND})
-def get_batch(batch_id: BatchId, actor: Reader, session: SessionDep):
+def get_batch(batch_id: BatchId, actor: Reader, session: SessionDep, runtime: RuntimeDep):
     """Status, counts by outcome and reason, percent, rate and ETA."""
-    return batch_view(session, _batch(session, actor, batch_id))
+    return batch_view(session, _batch(session, actor, batch_id), runtime.progress)
 
 
 @router.get("/batches/{batch_id}/items", response_model=ItemPage, responses={**ERRORS, **NOT_FOUND})
@@ -172,7 +180,9 @@ def list_items(
     response_model=BatchView,
     responses={**ERRORS, **NOT_FOUND, 409: {"model": Problem, "description": "Already finished."}},
 )
-def cancel_batch(batch_id: BatchId, request: Request, actor: Writer, session: SessionDep):
+def cancel_batch(
+    batch_id: BatchId, request: Request, actor: Writer, session: SessionDep, runtime: RuntimeDep
+):
     """Stop starting new learners; unfinished ones end `cancelled`."""
     batch = _batch(session, actor, batch_id)
     if batch.status in FINISHED_BATCH_STATUSES:
@@ -183,7 +193,7 @@ def cancel_batch(batch_id: BatchId, request: Request, actor: Writer, session: Se
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         dispatcher.wake()
-    return batch_view(session, batch)
+    return batch_view(session, batch, runtime.progress)
 
 
 @router.get(

@@ -10,7 +10,7 @@ from producer.schemas import BatchView, Counts
 from shared.batches import counts_from_items, counts_from_labels
 from shared.db import now
 from shared.models import FINISHED_BATCH_STATUSES, Batch
-from shared.progress import get_progress
+from shared.progress import Progress
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -19,18 +19,18 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment
 
 
-def live_counts(session: Session, batch: Batch) -> dict:
+def live_counts(session: Session, batch: Batch, progress: Progress) -> dict:
     """Final counts once finished; Redis while running; the database as fallback."""
     if batch.status in FINISHED_BATCH_STATUSES and batch.counts:
         return batch.counts
-    labels = get_progress().counts(batch.id)
+    labels = progress.counts(batch.id)
     if labels is not None:
         return counts_from_labels(labels, batch.total)
     return counts_from_items(session, batch.id)
 
 
-def batch_view(session: Session, batch: Batch) -> BatchView:
-    counts = live_counts(session, batch)
+def batch_view(session: Session, batch: Batch, progress: Progress) -> BatchView:
+    counts = live_counts(session, batch, progress)
     finished = batch.total - counts.get("pending", 0)
     started = _aware(batch.started_at) or _aware(batch.created_at)
     ended = _aware(batch.finished_at) or now()

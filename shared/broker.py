@@ -12,7 +12,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import TimeLimit
 
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.signing import SignMessages
 
 # A learner takes milliseconds; a minute means something is stuck, and the
@@ -27,7 +27,7 @@ SMALL_BATCH_PRIORITY = 1
 
 
 def build_broker(
-    settings: Settings | None = None, rabbitmq_class: type[RabbitmqBroker] = RabbitmqBroker
+    settings: Settings, rabbitmq_class: type[RabbitmqBroker] = RabbitmqBroker
 ) -> dramatiq.Broker:
     """A broker with our middleware stack. Retries and the item bookkeeping are
     added by `workers.middleware`, and worker processes pass their RabbitMQ
@@ -37,7 +37,6 @@ def build_broker(
     shutdown notifications, current message) serve options no actor of ours
     uses, so they are left out: Dramatiq calls every middleware's hooks for
     every message."""
-    settings = settings or get_settings()
     middleware = [TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS)]
     if settings.signing_key:
         # First in the list: its before_process_message runs before any other.
@@ -53,24 +52,3 @@ def build_broker(
             middleware=middleware,
         )
     return StubBroker(middleware=middleware)
-
-
-_broker: dramatiq.Broker | None = None
-
-
-def get_broker(rabbitmq_class: type[RabbitmqBroker] = RabbitmqBroker) -> dramatiq.Broker:
-    """The process-wide broker, also installed as Dramatiq's global broker.
-    `rabbitmq_class` counts on the first call only, which builds it."""
-    global _broker
-    if _broker is None:
-        _broker = build_broker(rabbitmq_class=rabbitmq_class)
-        dramatiq.set_broker(_broker)
-    return _broker
-
-
-def reset_broker() -> None:
-    """Forget the broker (tests and the demo switch settings within one process)."""
-    global _broker
-    if _broker is not None:
-        _broker.close()
-    _broker = None

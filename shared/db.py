@@ -1,17 +1,13 @@
-"""Engines and sessions. One engine per process and URL, created lazily."""
+"""Engines, sessions and the one clock. The engine a process uses is its
+runtime's (`shared.runtime`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
 
 from sqlalchemy import Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
-
-from shared.settings import get_settings
+from sqlalchemy.orm import Session
 
 
 def now() -> datetime:
@@ -19,14 +15,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def get_engine(url: str | None = None) -> Engine:
-    # Resolved before the cache, so a process that reads settings again
-    # (tests, the demo) never gets an engine for a URL it no longer uses.
-    return _engine(url or get_settings().database_url)
-
-
-@lru_cache(maxsize=8)
-def _engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; a process makes one (`shared.runtime`)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -39,22 +29,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
-
-
-def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
-    return _sessionmaker(url or get_settings().database_url)
-
-
-@lru_cache(maxsize=8)
-def _sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(_engine(url), expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error."""
-    with get_sessionmaker(url)() as session, session.begin():
-        yield session
 
 
 def insert_ignoring_duplicates(session: Session, table: Table) -> Insert:

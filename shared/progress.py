@@ -7,32 +7,21 @@ and without Redis (or while it is down) progress is read from the database.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import cache
 from typing import Protocol
 
 import redis
-
-from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 KEY_TTL_SECONDS = 7 * 24 * 3600
 
 
-@cache
-def namespace() -> str:
-    """Keys are scoped to the database they count for, so two deployments (or
-    two test runs) sharing one Redis never mix their batch ids."""
-    return hashlib.sha256(get_settings().database_url.encode()).hexdigest()[:8]
-
-
-def key(batch_id: int) -> str:
-    return f"batch-actions:{namespace()}:batch:{batch_id}:progress"
+def key(namespace: str, batch_id: int) -> str:
+    return f"batch-actions:{namespace}:batch:{batch_id}:progress"
 
 
 class Progress(Protocol):
@@ -58,8 +47,9 @@ class NoProgress:
 
 
 class RedisProgress:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
+        self.namespace = namespace
 
     def add(self, batch_id: int, label: str, n: int) -> None:
         if n > 0:
@@ -70,9 +60,9 @@ class RedisProgress:
             pipe = self.client.pipeline(transaction=False)
             for batch_id, labels in counts.items():
                 for label, n in labels.items():
-                    pipe.hincrby(key(batch_id), label, n)
-                pipe.hincrby(key(batch_id), "done", sum(labels.values()))
-                pipe.expire(key(batch_id), KEY_TTL_SECONDS)
+                    pipe.hincrby(key(self.namespace, batch_id), label, n)
+                pipe.hincrby(key(self.namespace, batch_id), "done", sum(labels.values()))
+                pipe.expire(key(self.namespace, batch_id), KEY_TTL_SECONDS)
             replies = iter(pipe.execute())
         except redis.RedisError as exc:
             log.warning(
@@ -89,7 +79,7 @@ class RedisProgress:
 
     def counts(self, batch_id: int) -> dict[str, int] | None:
         try:
-            raw = self.client.hgetall(key(batch_id))
+            raw = self.client.hgetall(key(self.namespace, batch_id))
         except redis.RedisError:
             return None
         if not raw:
@@ -147,27 +137,3 @@ class ProgressBuffer:
         while True:
             time.sleep(self.interval)
             self.flush()
-
-
-_progress: Progress | None = None
-
-
-def get_redis() -> redis.Redis | None:
-    url = get_settings().redis_url
-    if not url:
-        return None
-    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-
-def get_progress() -> Progress:
-    global _progress
-    if _progress is None:
-        client = get_redis()
-        _progress = RedisProgress(client) if client else NoProgress()
-    return _progress
-
-
-def reset_progress() -> None:
-    global _progress
-    _progress = None
-    namespace.cache_clear()

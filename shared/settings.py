@@ -6,7 +6,6 @@ the same names; they are part of the contract in DESIGN.md.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -154,8 +153,3 @@ class Settings(BaseSettings):
                 f"rejected; set it to at least {needed + 600}"
             )
         return self
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

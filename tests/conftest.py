@@ -46,9 +46,9 @@ def database_url() -> Iterator[str]:
 @pytest.fixture
 def session(database_url: str) -> Iterator[Session]:
     """A session in a transaction that commits at the end of the test."""
-    from shared.db import get_sessionmaker
+    from tests.support.environment import sessions_for
 
-    with get_sessionmaker(database_url)() as session:
+    with sessions_for(database_url)() as session:
         yield session
         session.commit()
 

@@ -4,7 +4,7 @@ acks and notices undecodable bodies.
 Extended through Dramatiq 2.x's own hook: `RabbitmqBroker.consume` builds
 each consumer from the broker's `consumer_class` property, so `WorkerBroker`
 overrides that property to return `WorkerConsumer`, a subclass of Dramatiq's
-`_RabbitmqConsumer`. Worker processes build it (`shared.broker.get_broker`
+`_RabbitmqConsumer`. Worker processes build it (`workers.runtime.WorkerRuntime`
 takes the class); the producer and the reconciler keep a plain
 `RabbitmqBroker`. The Dramatiq and pika internals this relies on are checked
 by tests/unit/test_dependency_internals.py and
@@ -63,7 +63,9 @@ class WorkerConsumer(_RabbitmqConsumer):
         # Dramatiq returns None for a delivery only when it could not decode it.
         if message is None and self._body is not None:
             body, self._body = self._body, None
-            PoisonMessages.malformed(self.broker, self.queue_name, body)
+            for poison in self.broker.middleware:
+                if isinstance(poison, PoisonMessages):
+                    poison.malformed(self.broker, self.queue_name, body)
         return message
 
     def ack(self, message):

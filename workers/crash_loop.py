@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import redis
 from dramatiq.middleware import Middleware, SkipMessage
 
 from shared.contract import LEARNER_ACTORS
-from shared.progress import get_redis, namespace
-from shared.settings import get_settings
 from workers.give_up import give_up
+
+if TYPE_CHECKING:
+    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +69,21 @@ class CrashLoopGuard(Middleware):
     low. First deliveries cost a lock and no Redis call; without Redis
     nothing is counted (and a crash loop lasts until Redis is back)."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
         self._gate = _Gate()
         self._held = threading.local()
-        self._redis: redis.Redis | None = None
 
     def _client(self) -> redis.Redis | None:
-        if self._redis is None:
-            self._redis = get_redis()
-        return self._redis
+        return self.runtime.redis
 
-    @staticmethod
-    def key(message) -> str:
+    def key(self, message) -> str:
         args = message.args
         if isinstance(args, list | tuple) and args and all(type(a) is int for a in args):
             subject = ":".join(str(a) for a in args)
         else:
             subject = message.message_id
-        return f"batch-actions:{namespace()}:crashes:{message.actor_name}:{subject}"
+        return self.runtime.key("crashes", message.actor_name, subject)
 
     def _earlier(self, key: str) -> int | None:
         """Counted starts of this item so far; None when Redis does not answer."""
@@ -110,7 +109,7 @@ class CrashLoopGuard(Middleware):
         if getattr(message, "redelivered", False) and message.actor_name in LEARNER_ACTORS:
             key = self.key(message)
             earlier = self._earlier(key)
-        if earlier is not None and earlier + 1 >= get_settings().max_deliveries:
+        if earlier is not None and earlier + 1 >= self.runtime.settings.max_deliveries:
             self._count(key)
             self._give_up(message, earlier + 1)
         alone = bool(earlier)
@@ -127,7 +126,7 @@ class CrashLoopGuard(Middleware):
             deliveries,
         )
         reason = f"crashed its worker {deliveries} times"
-        give_up(message.queue_name, message.args, message.message_id, reason)
+        give_up(self.runtime.items, message.queue_name, message.args, message.message_id, reason)
         message.fail()
         raise SkipMessage("crash loop")
 

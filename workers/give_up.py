@@ -15,6 +15,7 @@ from dramatiq.common import q_name
 
 from shared.contract import ITEM_ACTORS
 from workers.errors import describe
+from workers.items import Items
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +31,24 @@ def item_of(queue_name: str, args) -> tuple[int, int] | None:
     return ids[0], ids[1]
 
 
-def fail_item(queue_name: str, args, error: str) -> bool:
+def fail_item(items: Items, queue_name: str, args, error: str) -> bool:
     """Mark the still-pending item a message names `failed`, if the message
     names one of a batch of that queue's action. True when it was marked."""
     item = item_of(queue_name, args)
     if item is None:
         return False
-    from workers.items import _context, record_failure
-
     batch_id, learner_id = item
-    ctx = _context(batch_id)
+    ctx = items.context(batch_id)
     if ctx is None or ctx.action != q_name(queue_name):
         return False
-    return record_failure(batch_id, learner_id, error) is not None
+    return items.record_failure(batch_id, learner_id, error) is not None
 
 
-def give_up(queue_name: str, args, message_id: str, error: str) -> None:
+def give_up(items: Items, queue_name: str, args, message_id: str, error: str) -> None:
     """`fail_item`, logging rather than raising when the database does not
     answer: the item stays pending, so the reconciler republishes it (or, in
     a crash loop, its next redelivery is counted and tries again)."""
     try:
-        fail_item(queue_name, args, error)
+        fail_item(items, queue_name, args, error)
     except Exception as exc:
         log.warning("could not record failure of %s: %s", message_id, describe(exc))

@@ -15,48 +15,22 @@ batch that is not running (cancelling, cancelled) starts no new learner.
 from __future__ import annotations
 
 import logging
-import threading
 from functools import lru_cache
 
 from sqlalchemy import and_, exists, insert, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from shared.actions import Actor, apply_action, new_token_hash
 from shared.batches import BatchContext, complete_if_finished, load_context
 from shared.contract import Action
-from shared.db import get_engine, get_sessionmaker, now
+from shared.db import now
 from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.outcomes import Outcome
-from shared.progress import NoProgress, ProgressBuffer, get_progress
-from shared.settings import get_settings
+from shared.progress import NoProgress, ProgressBuffer
+from shared.runtime import Runtime
 from workers import statements
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=1024)
-def _context(batch_id: int) -> BatchContext | None:
-    # A batch's action, school, actor and params never change after submit.
-    with sessions()() as session:
-        return load_context(session, batch_id)
-
-
-def sessions() -> sessionmaker[Session]:
-    return get_sessionmaker()
-
-
-@lru_cache(maxsize=1024)
-def _one_statement(batch_id: int) -> statements.Prepared | None:
-    """The batch's single-statement path, or None where the generic path runs."""
-    ctx = _context(batch_id)
-    if ctx is None or get_engine().dialect.name != "postgresql":
-        return None
-    return statements.prepare(ctx, get_settings().deletion_grace_seconds)
-
-
-@lru_cache(maxsize=4)
-def _connections(database_url: str) -> statements.Connections:
-    return statements.Connections(database_url)
 
 
 def claim_item(session: Session, batch_id: int, learner_id: int) -> bool:
@@ -117,77 +91,86 @@ def record_outcome(
     return bool(written)
 
 
-def process_item(batch_id: int, learner_id: int) -> Outcome | None:
-    """Apply the batch's action to one learner. None when there was nothing to
-    do: the item is finished already, or the batch is not running."""
-    ctx = _context(batch_id)
-    if ctx is None:
-        return None
-    prepared = _one_statement(batch_id)
-    if prepared is not None:
-        token = new_token_hash() if ctx.action == Action.RESEND_INVITATION else None
-        connections = _connections(get_settings().database_url)
-        outcome = statements.run(connections, prepared, learner_id, token)
-        if outcome is None:
+class Items:
+    """The hot path's state in one worker process: each batch's context and
+    prepared statement, cached (a batch's action, school, actor and params
+    never change after submit); one database connection per thread; and the
+    progress buffer. Built once per process by `workers.runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.sessions = runtime.sessions
+        self.settings = runtime.settings
+        self.on_postgresql = runtime.engine.dialect.name == "postgresql"
+        self.connections = statements.Connections(runtime.settings.database_url)
+        self.context = lru_cache(maxsize=1024)(self._load_context)
+        self.one_statement = lru_cache(maxsize=1024)(self._prepare)
+        self.buffer = (
+            None
+            if isinstance(runtime.progress, NoProgress)
+            else ProgressBuffer(runtime.progress, self._complete_when_counted)
+        )
+
+    def _load_context(self, batch_id: int) -> BatchContext | None:
+        with self.sessions() as session:
+            return load_context(session, batch_id)
+
+    def _prepare(self, batch_id: int) -> statements.Prepared | None:
+        """The batch's single statement, or None where the generic path runs."""
+        ctx = self.context(batch_id)
+        if ctx is None or not self.on_postgresql:
             return None
-    else:
-        with sessions()() as session, session.begin():
-            if not claim_item(session, batch_id, learner_id):
+        return statements.prepare(ctx, self.settings.deletion_grace_seconds)
+
+    def process(self, batch_id: int, learner_id: int) -> Outcome | None:
+        """Apply the batch's action to one learner. None when there was nothing
+        to do: the item is finished already, or the batch is not running."""
+        ctx = self.context(batch_id)
+        if ctx is None:
+            return None
+        prepared = self.one_statement(batch_id)
+        if prepared is not None:
+            token = new_token_hash() if ctx.action == Action.RESEND_INVITATION else None
+            outcome = statements.run(self.connections, prepared, learner_id, token)
+            if outcome is None:
                 return None
-            outcome = apply_action(
-                session,
-                ctx.action,
-                Actor(ctx.school_id, ctx.actor_id),
-                learner_id,
-                ctx.params,
-                batch_id=ctx.batch_id,
-                grace_seconds=get_settings().deletion_grace_seconds,
-            )
-            record_outcome(session, ctx, learner_id, outcome)
-    count_progress(ctx, outcome)
-    return outcome
+        else:
+            with self.sessions() as session, session.begin():
+                if not claim_item(session, batch_id, learner_id):
+                    return None
+                outcome = apply_action(
+                    session,
+                    ctx.action,
+                    Actor(ctx.school_id, ctx.actor_id),
+                    learner_id,
+                    ctx.params,
+                    batch_id=ctx.batch_id,
+                    grace_seconds=self.settings.deletion_grace_seconds,
+                )
+                record_outcome(session, ctx, learner_id, outcome)
+        self.count(ctx, outcome)
+        return outcome
 
-
-def record_failure(batch_id: int, learner_id: int, error: str) -> Outcome | None:
-    """Mark a still-pending item failed (permanent error, or retries exhausted)."""
-    ctx = _context(batch_id)
-    if ctx is None:
-        return None
-    outcome = Outcome.failed(error)
-    with sessions()() as session, session.begin():
-        if not record_outcome(session, ctx, learner_id, outcome, pending_only=True):
+    def record_failure(self, batch_id: int, learner_id: int, error: str) -> Outcome | None:
+        """Mark a still-pending item failed (permanent error, or retries exhausted)."""
+        ctx = self.context(batch_id)
+        if ctx is None:
             return None
-    count_progress(ctx, outcome)
-    return outcome
+        outcome = Outcome.failed(error)
+        with self.sessions() as session, session.begin():
+            if not record_outcome(session, ctx, learner_id, outcome, pending_only=True):
+                return None
+        self.count(ctx, outcome)
+        return outcome
 
+    def count(self, ctx: BatchContext, outcome: Outcome) -> None:
+        """Count in Redis (buffered); the flush that brings the count to the
+        total completes the batch. Without Redis, the dispatcher completes it
+        from the database."""
+        if self.buffer is not None:
+            self.buffer.record(ctx.batch_id, outcome.label)
 
-_buffer: ProgressBuffer | None = None
-_buffer_lock = threading.Lock()
-
-
-def _progress_buffer() -> ProgressBuffer | None:
-    global _buffer
-    if _buffer is None:
-        progress = get_progress()
-        if isinstance(progress, NoProgress):
-            return None
-        with _buffer_lock:
-            if _buffer is None:
-                _buffer = ProgressBuffer(progress, _complete_when_counted)
-    return _buffer
-
-
-def _complete_when_counted(batch_id: int, done: int) -> None:
-    ctx = _context(batch_id)
-    if ctx is not None and done >= ctx.total:
-        with sessions()() as session, session.begin():
-            complete_if_finished(session, batch_id)
-
-
-def count_progress(ctx: BatchContext, outcome: Outcome) -> None:
-    """Count in Redis (buffered); the flush that brings the count to the total
-    completes the batch. Without Redis, the dispatcher completes it from the
-    database."""
-    buffer = _progress_buffer()
-    if buffer is not None:
-        buffer.record(ctx.batch_id, outcome.label)
+    def _complete_when_counted(self, batch_id: int, done: int) -> None:
+        ctx = self.context(batch_id)
+        if ctx is not None and done >= ctx.total:
+            with self.sessions() as session, session.begin():
+                complete_if_finished(session, batch_id)

@@ -34,12 +34,13 @@ from email.message import EmailMessage
 from typing import Protocol
 from urllib.parse import unquote, urlencode, urlparse
 
+import redis
 from dramatiq.rate_limits import WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.batches import counts_from_items
+from shared.batches import complete_if_finished, counts_from_items
 from shared.db import now
 from shared.models import (
     FINISHED_BATCH_STATUSES,
@@ -51,8 +52,8 @@ from shared.models import (
     LearnerStatus,
     School,
 )
-from shared.progress import get_progress, get_redis
-from shared.settings import Settings, get_settings
+from shared.progress import NoProgress, Progress
+from shared.settings import Settings
 from workers.errors import TransientError, is_transient
 
 RATE_LIMIT_WAIT_SECONDS = 30
@@ -183,9 +184,8 @@ class LocalRateLimiter:
 class SharedRateLimiter:
     """At most `per_second` emails a second across every worker (Redis window)."""
 
-    def __init__(self, per_second: int) -> None:
+    def __init__(self, per_second: int, client: redis.Redis | None) -> None:
         self.fallback = LocalRateLimiter(per_second)
-        client = get_redis()
         self.limiter = (
             WindowRateLimiter(
                 RedisBackend(client=client), "smtp-invitations", limit=per_second, window=1
@@ -269,11 +269,22 @@ def invitation_email(
 
 
 class InvitationSender:
-    def __init__(self, session_factory: sessionmaker[Session], settings: Settings | None = None):
+    """Sends outbox invitations: one per process (`workers.runtime`, the
+    reconciler). Without a Redis client the rate limit is per process and
+    progress is counted from the database only."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        client: redis.Redis | None = None,
+        progress: Progress | None = None,
+    ):
         self.sessions = session_factory
-        self.settings = settings or get_settings()
+        self.settings = settings
+        self.progress = progress or NoProgress()
         self.mailer = build_mailer(self.settings)
-        self.rate = SharedRateLimiter(self.settings.smtp_rate_per_second)
+        self.rate = SharedRateLimiter(self.settings.smtp_rate_per_second, client)
 
     def deliver(self, invitation_id: int) -> bool:
         """Send one outbox invitation unless it is sent or being sent. True if sent now."""
@@ -308,7 +319,9 @@ class InvitationSender:
         except ValueError:  # no retry can send it: give it up, and say so on its item
             self._mark(invitation_id, sent=True)
             if row.batch_id is not None:
-                fail_applied_item(self.sessions, row.batch_id, row.learner_id, UNWRITABLE)
+                fail_applied_item(
+                    self.sessions, self.progress, row.batch_id, row.learner_id, UNWRITABLE
+                )
             return False
         self.rate.wait()
         marked = False
@@ -377,12 +390,23 @@ class InvitationSender:
 
 
 def fail_applied_item(
-    sessions: sessionmaker[Session], batch_id: int, learner_id: int, error: str
+    sessions: sessionmaker[Session],
+    progress: Progress,
+    batch_id: int,
+    learner_id: int,
+    error: str,
 ) -> bool:
     """An `applied` invitation item whose email cannot be sent ends `failed`.
     The item is already counted `applied` (in Redis, and in the batch's final
-    counts if it has finished), so both move to `failed`."""
+    counts if it has finished), so both move to `failed`.
+
+    The batch row is locked first: a completion that wrote its counts before
+    is recomputed here, and one under way (counted before this commit) waits
+    for the lock and finds the batch completed here, with the right counts."""
     with sessions() as session, session.begin():
+        status = session.connection().scalar(
+            select(Batch.status).where(Batch.id == batch_id).with_for_update()
+        )
         changed = (
             session.connection()
             .execute(
@@ -396,15 +420,16 @@ def fail_applied_item(
             )
             .rowcount
         )
-        status = session.connection().scalar(select(Batch.status).where(Batch.id == batch_id))
         if changed and status in FINISHED_BATCH_STATUSES:
             counts = counts_from_items(session, batch_id)
             session.connection().execute(
                 update(Batch).where(Batch.id == batch_id).values(counts=counts)
             )
+        elif changed:
+            complete_if_finished(session, batch_id)
     if changed:
         moved = Counter({str(ItemOutcome.APPLIED): -1, str(ItemOutcome.FAILED): 1})
-        get_progress().add_many({batch_id: moved})
+        progress.add_many({batch_id: moved})
     return bool(changed)
 
 

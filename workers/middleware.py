@@ -20,20 +20,24 @@ all of these.
 
 from __future__ import annotations
 
-import dramatiq
+from typing import TYPE_CHECKING
 
 from workers.crash_loop import CrashLoopGuard
 from workers.poison import PoisonMessages
 from workers.retries import FailExhaustedItems, ScrubTraceback, retries
 
+if TYPE_CHECKING:
+    from workers.runtime import WorkerRuntime
 
-def install(broker: dramatiq.Broker) -> None:
-    """Add the worker-side middleware, after `workers.metrics.install`."""
+
+def install(runtime: WorkerRuntime) -> None:
+    """Add the worker-side middleware to the runtime's broker, after
+    `workers.metrics.install`."""
     for middleware in (
-        CrashLoopGuard(),
-        FailExhaustedItems(),
-        PoisonMessages(),
-        retries(),
+        CrashLoopGuard(runtime),
+        FailExhaustedItems(runtime.items),
+        PoisonMessages(runtime.items),
+        retries(runtime.settings),
         ScrubTraceback(),
     ):
-        broker.add_middleware(middleware)
+        runtime.broker.add_middleware(middleware)

@@ -20,6 +20,7 @@ from dramatiq.middleware import Middleware
 
 from shared.signing import SignMessages, verify
 from workers.give_up import give_up
+from workers.items import Items
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,17 @@ class PoisonMessages(Middleware):
     with an undecodable body (`malformed`, called by the worker's consumer,
     `workers.broker`, since Dramatiq runs no hook for it)."""
 
+    def __init__(self, items: Items) -> None:
+        self.items = items
+
     def before_nack(self, broker, message):
         if message.actor_name in broker.actors or not trusted(broker, message):
             return
         log.error("message %s names an unknown actor; dead-lettered", message.message_id)
         reason = f"unknown actor {str(message.actor_name)[:40]}"
-        give_up(message.queue_name, message.args, message.message_id, reason)
+        give_up(self.items, message.queue_name, message.args, message.message_id, reason)
 
-    @staticmethod
-    def malformed(broker: dramatiq.Broker, queue_name: str, body: bytes) -> None:
+    def malformed(self, broker: dramatiq.Broker, queue_name: str, body: bytes) -> None:
         """A body Dramatiq could not decode (it dead-letters it). If it is
         still a JSON message naming an item, and signed, fail that item."""
         log.error("undecodable message on %s; dead-lettered", queue_name)
@@ -62,4 +65,4 @@ class PoisonMessages(Middleware):
         except Exception:
             return  # nothing in it names an item
         if trusted(broker, message):
-            give_up(queue_name, message.args, message.message_id, "malformed message")
+            give_up(self.items, queue_name, message.args, message.message_id, "malformed message")

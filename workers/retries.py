@@ -11,22 +11,22 @@ from __future__ import annotations
 from dramatiq.middleware import Middleware, Retries
 
 from shared.contract import ITEM_ACTORS
-from shared.settings import get_settings
+from shared.settings import Settings
 from workers.errors import describe, is_transient
 from workers.give_up import give_up
+from workers.items import Items
 
 
-def should_retry(retries: int, exception: BaseException) -> bool:
-    """Transient failures retry with exponential backoff (RETRY_MIN_BACKOFF_MS
-    doubling to RETRY_MAX_BACKOFF_MS) up to RETRY_MAX times; permanent ones
-    never reach this policy (the actor raises PermanentFailure, a `throws`)."""
-    return retries < get_settings().retry_max and is_transient(exception)
+def retries(settings: Settings) -> Retries:
+    """Dramatiq's Retries with our policy: transient failures retry with
+    exponential backoff (RETRY_MIN_BACKOFF_MS doubling to RETRY_MAX_BACKOFF_MS)
+    up to RETRY_MAX times; permanent ones never reach it (the actor raises
+    PermanentFailure, a `throws`). `retry_when` takes precedence over
+    Retries' own `max_retries`, so RETRY_MAX is applied here."""
 
+    def should_retry(retries: int, exception: BaseException) -> bool:
+        return retries < settings.retry_max and is_transient(exception)
 
-def retries() -> Retries:
-    """Dramatiq's Retries with our policy. `retry_when` takes precedence over
-    Retries' own `max_retries`, so RETRY_MAX is applied by `should_retry`."""
-    settings = get_settings()
     return Retries(
         retry_when=should_retry,
         min_backoff=settings.retry_min_backoff_ms,
@@ -40,11 +40,18 @@ class FailExhaustedItems(Middleware):
     and the message goes on to the dead-letter queue. Its after-hook must
     run after Retries' (which sets the failed flag): see `workers.middleware`."""
 
+    def __init__(self, items: Items) -> None:
+        self.items = items
+
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if exception is None or not message.failed or message.actor_name not in ITEM_ACTORS:
             return
         give_up(
-            message.queue_name, message.args, message.message_id, f"gave up: {describe(exception)}"
+            self.items,
+            message.queue_name,
+            message.args,
+            message.message_id,
+            f"gave up: {describe(exception)}",
         )
 
 

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from shared.db import get_engine
+from shared.db import make_engine
 from shared.models import Base
 
 config = context.config
@@ -16,7 +16,13 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    with get_engine(url).connect() as connection:
+    if url is None:
+        from shared.runtime import current
+
+        engine = current().engine
+    else:
+        engine = make_engine(url)
+    with engine.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

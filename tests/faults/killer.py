@@ -10,14 +10,14 @@ import os
 
 from sqlalchemy import text
 
-from workers import actors, items
+from workers.items import Items
 
 LEARNER = int(os.environ["FAULTS_KILL_LEARNER_ID"])
-_process_item = items.process_item
+_process = Items.process
 
 
-def _pending(batch_id: int, learner_id: int) -> bool:
-    with items.sessions()() as session:
+def _pending(items: Items, batch_id: int, learner_id: int) -> bool:
+    with items.sessions() as session:
         return bool(
             session.execute(
                 text(
@@ -29,11 +29,12 @@ def _pending(batch_id: int, learner_id: int) -> bool:
         )
 
 
-def process_item(batch_id: int, learner_id: int):
-    if learner_id == LEARNER and _pending(batch_id, learner_id):
+def process(items: Items, batch_id: int, learner_id: int):
+    if learner_id == LEARNER and _pending(items, batch_id, learner_id):
         os._exit(1)
-    return _process_item(batch_id, learner_id)
+    return _process(items, batch_id, learner_id)
 
 
-# The actors call the name they imported.
-items.process_item = actors.process_item = process_item
+# Dramatiq imports this module after `workers.runtime:start_worker` has run;
+# the actors look the method up on each call.
+Items.process = process  # type: ignore[method-assign]

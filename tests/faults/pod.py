@@ -13,7 +13,14 @@ from batchctl.cli import worker_metrics_env
 def main() -> None:
     os.environ.update(worker_metrics_env())
     modules = [m for m in os.environ.get("FAULTS_WORKER_MODULES", "").split(",") if m]
-    argv = [sys.executable, "-m", "dramatiq", "workers.actors", *modules, *sys.argv[1:]]
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.runtime:start_worker",
+        *modules,
+        *sys.argv[1:],
+    ]
     os.execv(sys.executable, [*argv, "--worker-shutdown-timeout", "60000"])
 
 

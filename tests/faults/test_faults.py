@@ -23,7 +23,6 @@ from shared.dispatch import item_message
 from shared.models import Course, Group
 from shared.publish import ConfirmedPublisher
 from shared.signing import signature
-from tests.support.factories import learner_ids
 from tests.faults.harness import (
     SETTINGS,
     kill_worker_connections,
@@ -34,6 +33,7 @@ from tests.faults.harness import (
     wait_completed,
     wait_progress,
 )
+from tests.support.factories import learner_ids
 from workers.erasure import PURGED_BY_LEARNER
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

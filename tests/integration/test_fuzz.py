@@ -17,19 +17,32 @@ from producer.app import create_app
 from producer.schemas import BatchRequest
 from producer.submit import SubmitError, submit
 from shared.actions import Actor
-from shared.db import get_sessionmaker
 from shared.models import BatchItem, Group, GroupMembership, Learner
+from shared.runtime import current
 from tests.support.factories import learner_ids
 
-app = create_app(dispatch=False)
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+class ApiOfThisRun:
+    """The app on this process's current runtime. Schemathesis reads the
+    schema while tests are collected, before the `database_url` fixture has
+    switched the runtime to this run's database; each request then goes to
+    an app on the runtime in force."""
+
+    app = None
+
+    async def __call__(self, scope, receive, send):
+        runtime = current()
+        if self.app is None or self.app.state.runtime is not runtime:
+            self.app = create_app(runtime, dispatch=False)
+        await self.app(scope, receive, send)
+
+
+schema = schemathesis.openapi.from_asgi("/openapi.json", ApiOfThisRun())
 
 
 @pytest.fixture(scope="module")
 def fuzz_token(database_url):
-    from shared.db import session_scope
-
-    with session_scope() as session:
+    with current().transaction() as session:
         return seed_school(session, learners=50, groups=2, courses=2, name="Fuzz").token
 
 
@@ -58,9 +71,7 @@ SHOWN = {"invited": {"invited"}, "active": {"active"}, "deactivated": {"deactiva
 @pytest.fixture(scope="module")
 def property_schools(database_url):
     """Two small schools whose learners we re-shape for each example."""
-    from shared.db import session_scope
-
-    with session_scope() as session:
+    with current().transaction() as session:
         mine = seed_school(session, learners=24, groups=2, courses=1, name="Property Mine")
         theirs = seed_school(session, learners=10, groups=1, courses=1, name="Property Theirs")
     return mine, theirs
@@ -84,7 +95,7 @@ def test_a_filter_minus_exclusions_is_exactly_the_set_that_gets_items(
     property_schools, statuses, members, wanted, in_group, exclude, foreign_excludes
 ):
     mine, theirs = property_schools
-    with get_sessionmaker()() as session:  # rolled back: each example starts clean
+    with current().sessions() as session:  # rolled back: each example starts clean
         ids = learner_ids(session, mine.school_id)
         group_id = session.scalar(select(Group.id).where(Group.school_id == mine.school_id))
         session.execute(delete(GroupMembership).where(GroupMembership.learner_id.in_(ids)))

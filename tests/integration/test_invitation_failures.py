@@ -18,6 +18,7 @@ from shared.db import now
 from shared.models import Batch, BatchItem, Invitation, Learner, School
 from shared.publish import ConfirmedPublisher
 from shared.settings import Settings
+from tests.support.environment import sessions_for
 from tests.support.factories import learner_ids
 from tests.support.services import SmtpServer
 from workers.mail import UNWRITABLE, InvitationSender

@@ -16,11 +16,11 @@ from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor
 from shared.broker import build_broker
-from shared.db import get_sessionmaker
 from shared.dispatch import dispatch_step
 from shared.models import Group
 from shared.publish import ConfirmedPublisher
 from shared.settings import Settings
+from tests.support.environment import sessions_for
 from tests.support.factories import learner_ids
 from tests.support.services import RabbitVhost
 
@@ -30,7 +30,7 @@ WINDOW = 40
 def test_a_small_batch_is_delivered_before_a_big_batch_already_queued(fresh_pg_url):
     # Its own database: the session stack's producer would dispatch these batches itself.
     upgrade(fresh_pg_url)
-    sessions = get_sessionmaker(fresh_pg_url)
+    sessions = sessions_for(fresh_pg_url)
     with sessions() as session:
         seeded = seed_school(session, learners=100, groups=1, courses=1, name="Priority School")
         session.commit()

@@ -12,11 +12,11 @@ from batchctl.seed import seed_school
 from producer.schemas import BatchRequest
 from producer.submit import submit
 from shared.actions import Actor
-from shared.db import get_sessionmaker
 from shared.models import Batch, BatchItem, Group, GroupMembership, Learner
 from shared.publish import ConfirmedPublisher
 from shared.settings import Settings
 from tests.support.actions import delete_learner
+from tests.support.environment import sessions_for
 from tests.support.factories import make_learner
 from workers.reconcile import reconcile_once
 
@@ -33,7 +33,7 @@ def reconciler(stack, database_url):
         deletion_overdue_seconds=0,
         dispatch_window=200,
     )
-    sessions = get_sessionmaker(database_url)
+    sessions = sessions_for(database_url)
     yield lambda: reconcile_once(sessions, publisher, settings)
     publisher.close()
     broker.close()

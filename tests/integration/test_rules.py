@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 
 from shared.contract import Action
 from shared.models import AuditEntry, BatchItem
+from shared.runtime import current
 from tests.support.rules_check import Scene, predictable, reasons
-from workers import items
+from workers.items import Items
 
 
 @pytest.fixture
@@ -20,19 +21,20 @@ def scene(session, school) -> Scene:
 
 @pytest.mark.parametrize("action", list(Action))
 def test_the_single_statement_and_the_dry_run_match_the_generic_path(scene, session, action):
+    items = Items(current())
     expected = scene.generic(action)
     predicted = scene.predicted(action)
     batch_id = scene.batches[action]
-    assert items._one_statement(batch_id) is not None, "the one-statement path is in use"
+    assert items.one_statement(batch_id) is not None, "the one-statement path is in use"
 
-    got = scene.through(action, items.process_item)
+    got = scene.through(action, items.process)
 
     assert got == expected
     assert {k: predicted[k] for k in predictable(action, expected)} == reasons(
         predictable(action, expected)
     )
     # Exactly once: a second delivery does nothing, and each item has one audit row.
-    assert all(items.process_item(batch_id, lid) is None for lid in scene.learners[action].values())
+    assert all(items.process(batch_id, lid) is None for lid in scene.learners[action].values())
     session.rollback()
     audited = session.scalar(select(func.count()).where(AuditEntry.batch_id == batch_id))
     assert audited == len(scene.learners[action])

@@ -21,7 +21,7 @@ from shared.actions import Actor
 from shared.dispatch import item_message
 from shared.models import ApiToken, Batch, BatchItem, Group, Learner
 from shared.publish import ConfirmedPublisher
-from shared.settings import get_settings
+from shared.runtime import current
 from tests.support.factories import learner_ids, make_learner
 from tests.support.services import wait_until
 
@@ -199,7 +199,7 @@ def test_limits_answer_413_and_429_with_retry_after(api, session, two_schools, m
     too_big = api.post("/v1/batches", json=huge, headers=auth(mine.token))
     assert too_big.status_code == 413 and "filter" in too_big.json()["detail"]
 
-    monkeypatch.setattr(get_settings(), "max_active_batches_per_school", 2)
+    monkeypatch.setattr(current().settings, "max_active_batches_per_school", 2)
     ids = learner_ids(session, mine.school_id)
     codes = []
     for n in range(3):

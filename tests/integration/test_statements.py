@@ -7,8 +7,9 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select
 
 from shared.models import Batch, BatchItem, GroupMembership
+from shared.runtime import current
 from tests.support.factories import make_group, make_learner
-from workers import items
+from workers.items import Items
 
 
 def test_a_batch_that_is_not_running_changes_nothing(session, school):
@@ -27,7 +28,7 @@ def test_a_batch_that_is_not_running_changes_nothing(session, school):
     session.execute(insert(BatchItem), [{"batch_id": batch.id, "learner_id": learner.id}])
     session.commit()
 
-    assert items.process_item(batch.id, learner.id) is None
+    assert Items(current()).process(batch.id, learner.id) is None
     session.rollback()
     assert session.scalar(select(BatchItem.outcome).where(BatchItem.batch_id == batch.id)) == (
         "pending"

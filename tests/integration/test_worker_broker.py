@@ -37,11 +37,12 @@ def undecodable(message) -> bytes:
 def test_the_worker_consumer_acks_its_messages_and_dead_letters_an_undecodable_one(monkeypatch):
     seen: list[bytes] = []
     monkeypatch.setattr(
-        PoisonMessages, "malformed", staticmethod(lambda broker, queue, body: seen.append(body))
+        PoisonMessages, "malformed", lambda self, broker, queue, body: seen.append(body)
     )
     vhost = RabbitVhost()
     settings = Settings(broker_url=vhost.url, signing_key="k" * 32)
     broker = build_broker(settings, rabbitmq_class=WorkerBroker)
+    broker.add_middleware(PoisonMessages(items=None))
     try:
         # pika's asynchronous channel under a blocking one (`_impl`, pika 1.x).
         assert isinstance(underlying_channel(broker.channel), pika.channel.Channel)

@@ -1,23 +1,22 @@
-"""The one place the tests reach into the process-wide singletons (cached
-settings, the broker, the progress counter): switching this process to
-other settings means setting the environment and forgetting all three."""
+"""The one place the tests switch this process's runtime (`shared.runtime`:
+settings, engine, broker, Redis, progress): set the environment and stop the
+runtime, so the next use builds one from it."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
+
+from sqlalchemy.orm import Session, sessionmaker
 
 
 def forget_settings() -> None:
     """Drop everything built from the settings, so the next use reads the environment."""
-    from shared.broker import reset_broker
-    from shared.progress import reset_progress
-    from shared.settings import get_settings
+    from shared import runtime
 
-    get_settings.cache_clear()
-    reset_broker()
-    reset_progress()
+    runtime.stop()
 
 
 @contextlib.contextmanager
@@ -36,3 +35,11 @@ def environment(**variables: str) -> Iterator[None]:
             else:
                 os.environ[name] = value
         forget_settings()
+
+
+@functools.cache
+def sessions_for(url: str) -> sessionmaker[Session]:
+    """Sessions on a database of the test's choosing, one engine per URL."""
+    from shared.db import make_engine
+
+    return sessionmaker(make_engine(url), expire_on_commit=False)

@@ -66,7 +66,8 @@ def consumer(monkeypatch):
         self.known_tags = set()
 
     monkeypatch.setattr(_RabbitmqConsumer, "__init__", connect)
-    return WorkerConsumer(SimpleNamespace(), "add_to_group", 1, 100), pika_io
+    broker = SimpleNamespace(middleware=[PoisonMessages(items=None)])
+    return WorkerConsumer(broker, "add_to_group", 1, 100), pika_io
 
 
 def test_acks_are_queued_for_the_next_io_turn_instead_of_flushed(consumer):
@@ -83,10 +84,10 @@ def test_an_undecodable_body_reaches_poison_messages_before_it_is_nacked(consume
     consumer, pika_io = consumer
     seen = []
 
-    def malformed(broker, queue_name, body):
+    def malformed(self, broker, queue_name, body):
         seen.append((queue_name, body, list(pika_io.frames)))
 
-    monkeypatch.setattr(PoisonMessages, "malformed", staticmethod(malformed))
+    monkeypatch.setattr(PoisonMessages, "malformed", malformed)
     assert next(consumer) is not None
     assert next(consumer) is None  # the idle tick: nothing undecodable
     assert seen == []

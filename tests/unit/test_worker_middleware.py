@@ -12,8 +12,10 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 
-from workers import metrics, middleware
+from shared.settings import Settings
+from workers import metrics
 from workers.errors import PermanentFailure, TransientError
+from workers.retries import retries
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_each_outcome_an_actor_returns_is_counted_once(broker, caplog):
 
 
 def test_transient_failures_retry_by_the_middleware_policy_and_permanent_ones_do_not(broker):
-    middleware.install(broker)
+    broker.add_middleware(retries(Settings(retry_min_backoff_ms=1, retry_max_backoff_ms=10)))
     calls: list[str] = []
 
     @dramatiq.actor(broker=broker, queue_name="policy", throws=(PermanentFailure,))
