@@ -154,13 +154,17 @@ def seed_school(
             SELECT l.id, c.id, 'lesson_completed', '{{"lesson": 1}}' FROM learners l
             JOIN {_ranked("courses")} c ON c.rn = l.id % :courses
             WHERE l.school_id = :school AND l.status = 'active' AND l.id % 5 = 0""",
+        # Sessions and shared links pick learners by `id % 7`: 7 shares no
+        # factor with the status pattern's 10, so whatever the ids' offset they
+        # land on active and invited learners alike (not on one status only).
         f"""INSERT INTO sessions (learner_id, token_hash, expires_at)
             SELECT id, {_random_hex(dialect)}, {_in_30_days(dialect)} FROM learners
-            WHERE school_id = :school AND status = 'active' AND id % 10 = 1""",
+            WHERE school_id = :school AND status = 'active' AND (id % 7 = 1 OR is_admin)""",
+        # Every other linked learner's link comes from the SSO portal.
         f"""INSERT INTO shared_links (school_id, learner_id, course_id, token_hash, via_sso)
-            SELECT :school, l.id, c.id, {_random_hex(dialect)}, l.id % 2 = 0 FROM learners l
-            JOIN {_ranked("courses")} c ON c.rn = l.id % :courses
-            WHERE l.school_id = :school AND l.id % 20 = 7""",
+            SELECT :school, l.id, c.id, {_random_hex(dialect)}, (l.id / 7) % 2 = 0
+            FROM learners l JOIN {_ranked("courses")} c ON c.rn = l.id % :courses
+            WHERE l.school_id = :school AND l.id % 7 = 3""",
     ]
     params |= {"groups": len(group_ids), "courses": len(course_ids)}
     for statement in steps:
