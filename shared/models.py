@@ -9,7 +9,7 @@ portable between PostgreSQL and the embedded SQLite mode.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
@@ -41,9 +42,33 @@ NAMING = {
 }
 
 
+class UtcDateTime(TypeDecorator):
+    """A moment, always timezone-aware UTC when read, on both databases.
+
+    PostgreSQL stores `timestamptz`; SQLite has no timezone type and hands back
+    naive values (including those its CURRENT_TIMESTAMP wrote, which are UTC).
+    Values are converted to UTC before they are stored, so SQLite's text
+    comparisons order them correctly."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UtcDateTime()}
 
 
 class LearnerStatus(enum.StrEnum):
