@@ -52,9 +52,13 @@ def _fail(exc: Exception) -> None:
 def migrate() -> None:
     """Apply the database migrations to DATABASE_URL."""
     from batchctl.migrate import upgrade
+    from shared.settings import Settings
 
-    upgrade()
-    console.print("[green]database is at the latest migration[/]")
+    migrated = upgrade()
+    # Plain echo: a long path must not be wrapped or read as markup.
+    typer.echo(f"migrated {migrated} to the latest migration", err=True)
+    if Settings().database_url == Settings.model_fields["database_url"].default:
+        typer.echo("DATABASE_URL is not set: that is the embedded default", err=True)
 
 
 @app.command()
