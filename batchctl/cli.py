@@ -44,7 +44,10 @@ def _client(url: str, token: str):
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
+    """One line on stderr, exit code 1: the error's text, never a traceback."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -260,7 +263,10 @@ def submit(
         console.print(f"batch [bold]{view['id']}[/] {action}: {view['total']:,} learners")
         typer.echo(json.dumps({"id": view["id"], "status": view["status"]}))
         if watch:
-            watch_batch(console, client, view["id"])
+            try:
+                watch_batch(console, client, view["id"])
+            except ApiError as exc:
+                _fail(exc)
 
 
 @app.command()

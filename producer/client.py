@@ -13,9 +13,43 @@ FINISHED = {"completed", "cancelled", "failed"}
 
 
 class ApiError(Exception):
+    """The API refused a call. Its text is one line for a person: the status,
+    then each field the API named with what it expects there."""
+
     def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
+        super().__init__(f"HTTP {status}: {_one_line(detail)}")
         self.status, self.detail = status, detail
+
+
+class ApiUnreachable(ApiError):
+    """No answer at all: nothing listens at the URL, or the network failed."""
+
+    def __init__(self, base_url: httpx.URL, error: httpx.TransportError) -> None:
+        where = base_url.copy_with(userinfo=None, path="/")
+        Exception.__init__(
+            self,
+            f"cannot reach the API at {where} ({type(error).__name__}); start it "
+            "(`batchctl serve`) or point --url or BATCH_API_URL at it",
+        )
+        self.status, self.detail = 0, str(error)
+
+
+def _one_line(detail: Any) -> str:
+    """FastAPI's 422 detail (a list of {loc, msg}) as `field: what it expects`."""
+    if not isinstance(detail, list):
+        return str(detail)
+    problems = []
+    for problem in detail:
+        if not isinstance(problem, dict):
+            problems.append(str(problem))
+            continue
+        loc = [str(part) for part in problem.get("loc", [])]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        # A tagged union repeats its tag: selection.learner_ids.learner_ids.0.
+        field = ".".join(part for i, part in enumerate(loc) if i == 0 or part != loc[i - 1])
+        problems.append(f"{field or 'the request'}: {problem.get('msg', problem)}")
+    return "; ".join(problems)
 
 
 class BatchClient:
@@ -37,7 +71,10 @@ class BatchClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ApiUnreachable(self.http.base_url, error) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail")
