@@ -1,6 +1,6 @@
 """The message contract: which actions exist, their queues, and their params.
 
-Queue names are part of the contract in DESIGN.md (deploy files, dashboards
+Queue names are part of the contract in docs/CONTRACT.md (deploy files, dashboards
 and KEDA scalers name them). A message carries ids only, never people:
 `(batch_id, learner_id)` for a batch action, `(school_id, learner_id)` for
 `finalize_deletion`.

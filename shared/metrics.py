@@ -1,4 +1,4 @@
-"""Prometheus metrics named in DESIGN.md, shared by producer, reconciler and workers.
+"""Prometheus metrics named in docs/CONTRACT.md, shared by producer, reconciler and workers.
 
 Labels are bounded sets (action, outcome, HTTP status code): never a learner,
 school or batch id, an email or a name.

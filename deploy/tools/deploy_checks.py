@@ -2,7 +2,7 @@
 
 Schemas (compose-spec, Kubernetes, KEDA) and promtool/hadolint check each file
 on its own; this module checks that the files agree with each other and with
-the contract in DESIGN.md: every metric a query selects is a known one, every
+the contract in docs/CONTRACT.md: every metric a query selects is a known one, every
 alert has a runbook link and a firing and a silent unit test, a Service or a
 PodDisruptionBudget selects pods that exist, a probe names a port the
 container declares, the worker's grace period covers the longest learner step
@@ -26,7 +26,7 @@ from typing import Any
 import promql_parser
 import yaml
 
-# The contract (DESIGN.md and the deploy brief).
+# The contract (docs/CONTRACT.md).
 ACTION_QUEUES = (
     "resend_invitation",
     "add_to_group",

@@ -1,6 +1,6 @@
 """A small batch goes ahead of a big batch's messages already in the queue:
 every queue is a RabbitMQ priority queue and dispatch publishes a batch that
-fits in one window at the higher priority (DESIGN.md, "Bounded and fair")."""
+fits in one window at the higher priority (docs/CONTRACT.md, "Bounded and fair")."""
 
 from __future__ import annotations
 
