@@ -32,7 +32,7 @@ from producer.selection import filter_conditions, shown_status
 from producer.submit import dry_run, submit
 from producer.views import batch_view
 from shared.actions import Actor
-from shared.batches import request_cancel
+from shared.batches import CancelReason, request_cancel
 from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, Group, Learner, LearnerStatus
 
 router = APIRouter(prefix="/v1")
@@ -187,7 +187,7 @@ def cancel_batch(
     batch = _batch(session, actor, batch_id)
     if batch.status in FINISHED_BATCH_STATUSES:
         raise HTTPException(409, f"batch {batch_id} is {batch.status}; nothing to cancel")
-    request_cancel(session, batch_id)
+    request_cancel(session, batch_id, CancelReason.BY_ADMIN)
     session.commit()
     session.refresh(batch)
     dispatcher = getattr(request.app.state, "dispatcher", None)

@@ -102,6 +102,11 @@ class BatchView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_reason: str | None = Field(
+        default=None,
+        description="Why it was cancelled: `cancelled_by_admin` (the cancel endpoint) or "
+        "`admin_lost_access` (its admin was deactivated or deleted).",
+    )
 
 
 class DryRunView(BaseModel):

@@ -52,4 +52,5 @@ def batch_view(session: Session, batch: Batch, progress: Progress) -> BatchView:
         created_at=_aware(batch.created_at),
         started_at=_aware(batch.started_at),
         finished_at=_aware(batch.finished_at),
+        cancel_reason=batch.cancel_reason,
     )

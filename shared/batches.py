@@ -7,9 +7,10 @@ to the batch row once, when the batch ends, so no row is updated per learner.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, Update, and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import now
@@ -84,17 +85,33 @@ def complete_if_finished(session: Session, batch_id: int) -> bool:
     return bool(done)
 
 
-def request_cancel(session: Session, batch_id: int) -> bool:
-    """Stop new learners from starting; `cancel_step` finishes the job."""
-    return bool(
-        session.connection()
-        .execute(
-            update(Batch)
-            .where(Batch.id == batch_id, Batch.status.in_(CANCELLABLE_BATCH_STATUSES))
-            .values(status=BatchStatus.CANCELLING)
-        )
-        .rowcount
+class CancelReason(StrEnum):
+    """Why a batch was cancelled, shown with it (`batches.cancel_reason`)."""
+
+    BY_ADMIN = "cancelled_by_admin"
+    ADMIN_LOST_ACCESS = "admin_lost_access"
+
+
+def cancelling(where: ColumnElement[bool], reason: CancelReason) -> Update:
+    """Move the matching unfinished batches to `cancelling`: the claim refuses
+    their items from now on, and the dispatch loop's `cancel_step` ends them."""
+    return (
+        update(Batch)
+        .where(where, Batch.status.in_(CANCELLABLE_BATCH_STATUSES))
+        .values(status=BatchStatus.CANCELLING, cancel_reason=reason.value)
     )
+
+
+def request_cancel(session: Session, batch_id: int, reason: CancelReason) -> bool:
+    """Stop new learners from starting; `cancel_step` finishes the job."""
+    return bool(session.connection().execute(cancelling(Batch.id == batch_id, reason)).rowcount)
+
+
+def cancel_submitted_by(admin_ids: Select[Any]) -> Update:
+    """Cancel the unfinished batches these admins submitted. An admin who loses
+    access must not go on changing learners through batches queued earlier
+    (and the audit trail would show a revoked admin doing so)."""
+    return cancelling(Batch.actor_id.in_(admin_ids), CancelReason.ADMIN_LOST_ACCESS)
 
 
 def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> int:

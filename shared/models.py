@@ -377,6 +377,8 @@ class Batch(Base):
     created_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Why a batch was cancelled (`shared.batches.CancelReason`); None otherwise.
+    cancel_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class BatchItem(Base):

@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 
+from shared.batches import cancel_submitted_by
 from shared.contract import Action
 from shared.models import (
     ApiToken,
@@ -146,8 +147,11 @@ class Rule:
 
 def revocations(learner_ids: Select[Any], now: ColumnElement[datetime]) -> list[Effect]:
     """Close every way in at once: sessions, shared links (SSO ones included),
-    API tokens. Revoked credentials stay revoked if the learner comes back."""
+    API tokens, and an admin's unfinished batches (cancelled, reason
+    `admin_lost_access`). Revoked credentials stay revoked if the learner
+    comes back; cancelled batches stay cancelled."""
     return [
+        cancel_submitted_by(learner_ids),
         delete(LearnerSession).where(LearnerSession.learner_id.in_(learner_ids)),
         update(SharedLink)
         .where(SharedLink.learner_id.in_(learner_ids), SharedLink.revoked_at.is_(None))
