@@ -98,7 +98,9 @@ class SmtpMailer:
 
     def _connect(self) -> smtplib.SMTP:
         if self.scheme == "smtps":
-            client = smtplib.SMTP_SSL(self.host, self.port, timeout=10, context=self.tls)
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=10, context=self.tls
+            )
         else:
             client = smtplib.SMTP(self.host, self.port, timeout=10)
         try:
