@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from producer.access import access
 from producer.auth import reader, writer
 from producer.deps import RuntimeDep, get_session
+from producer.idempotency import hashed
 from producer.schemas import (
     MAX_ID,
     AccessView,
@@ -98,7 +99,11 @@ def create_batch(
             )
         )
     submitted = submit(
-        session, actor, body, idempotency_key, runtime.settings.max_active_batches_per_school
+        session,
+        actor,
+        body,
+        hashed(idempotency_key, runtime.settings),
+        runtime.settings.max_active_batches_per_school,
     )
     session.commit()
     if submitted.replayed:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from producer.idempotency import IdempotencyKey
 from producer.predict import predict
 from producer.schemas import MAX_EXPLICIT_IDS, BatchRequest, LearnerIdsSelection
 from producer.selection import freeze_selection
@@ -19,6 +20,10 @@ from shared.actions import Actor
 from shared.contract import Action
 from shared.db import now
 from shared.models import ACTIVE_BATCH_STATUSES, Batch, BatchStatus, Course, Group, School
+
+
+# Stands for the search text in a batch's stored selection.
+SEARCH_NOT_KEPT = "[not kept]"
 
 
 class SubmitError(Exception):
@@ -103,7 +108,7 @@ def submit(
     session: Session,
     actor: Actor,
     request: BatchRequest,
-    idempotency_key: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
     max_active_batches: int | None = None,
 ) -> Submitted:
     """Create the batch and its frozen items, or return the batch this
@@ -126,7 +131,7 @@ def submit(
                 params=params,
                 selection=_selection_summary(request),
                 status=BatchStatus.RUNNING,
-                idempotency_key=idempotency_key,
+                idempotency_key=idempotency_key.stored if idempotency_key else None,
                 request_hash=digest,
                 started_at=now(),
             )
@@ -163,9 +168,11 @@ def _check_running_cap(session: Session, actor: Actor, cap: int) -> None:
         )
 
 
-def _by_key(session: Session, actor: Actor, key: str) -> Batch | None:
+def _by_key(session: Session, actor: Actor, key: IdempotencyKey) -> Batch | None:
     return session.scalar(
-        select(Batch).where(Batch.school_id == actor.school_id, Batch.idempotency_key == key)
+        select(Batch).where(
+            Batch.school_id == actor.school_id, Batch.idempotency_key.in_(key.accepted)
+        )
     )
 
 
@@ -180,10 +187,14 @@ def _replay(batch: Batch, digest: str) -> Submitted:
 
 
 def _selection_summary(request: BatchRequest) -> dict:
-    """What was selected, for the record; explicit id lists are in batch_items."""
+    """What was selected, for the record; explicit id lists are in batch_items.
+    A search text is not kept: it is often an email or a name, and the batch
+    row outlives the learner's erasure. The items say who was selected."""
     selection = _plain(request)["selection"]
     if "learner_ids" in selection:
         return {"learner_ids": len(selection["learner_ids"])}
     if "exclude_ids" in selection:
         selection["exclude_ids"] = len(selection["exclude_ids"])
+    if selection.get("filter", {}).get("q") is not None:
+        selection["filter"]["q"] = SEARCH_NOT_KEPT
     return selection

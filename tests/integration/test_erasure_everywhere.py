@@ -75,16 +75,24 @@ def test_a_purged_learner_is_in_no_table_key_log_line_or_message(stack, session,
     email, name = learner.email, learner.name
     needles = [email, name, email.split("@")[0]]
     headers = {"Authorization": f"Bearer {seeded.token}"}
-    # An admin searched for them (an access log line), and invited them again.
+    # An admin searched for them (an access log line), invited them again and
+    # deleted them, selecting them by their name and their email, under
+    # Idempotency-Keys that quote them.
     for term in (email, name):
         found = httpx.get(f"{stack.base_url}/v1/learners", params={"q": term}, headers=headers)
         assert [p["id"] for p in found.json()["learners"]] == [learner.id]
     with stack.client(seeded.token) as client:
         invited = client.wait(
-            client.submit("resend_invitation", {"learner_ids": [learner.id]})["id"]
+            client.submit(
+                "resend_invitation", {"filter": {"q": name}}, idempotency_key=f"invite {name}"
+            )["id"]
         )
         assert invited["counts"]["applied"] == 1
-        deleted = client.wait(client.submit("delete_learner", {"learner_ids": [learner.id]})["id"])
+        deleted = client.wait(
+            client.submit(
+                "delete_learner", {"filter": {"q": email}}, idempotency_key=f"delete {email}"
+            )["id"]
+        )
         assert deleted["counts"]["applied"] == 1
 
     def finalized() -> bool:
