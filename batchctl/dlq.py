@@ -103,7 +103,7 @@ def signing_keys(broker: dramatiq.Broker) -> list[str]:
 
 
 def _take(channel, queue: str, limit: int, keys: list[str]) -> list[DeadLetter]:
-    taken = []
+    taken: list[DeadLetter] = []
     while len(taken) < limit:
         method, _properties, body = channel.basic_get(dead_letter_queue(queue), auto_ack=False)
         if method is None:
@@ -172,9 +172,10 @@ def replay(
                 if letter in keep:
                     continue
                 message = letter.message
+                assert message is not None  # replayable, or it would be in `keep`
                 if message.actor_name in ITEM_ACTORS:
                     report.reopened += _reopen(sessions, *message.args[:2])
-                fresh = dramatiq.Message(
+                fresh: dramatiq.Message[object] = dramatiq.Message(
                     queue_name=queue,
                     actor_name=message.actor_name,
                     args=message.args,

@@ -81,8 +81,8 @@ def seed_school(
     if dialect == "postgresql":
         session.execute(text("SET LOCAL synchronous_commit = off"))
 
-    school_id = session.scalar(insert(School).values(name=name).returning(School.id))
-    admin_id = session.scalar(
+    school_id = session.execute(insert(School).values(name=name).returning(School.id)).scalar_one()
+    admin_id = session.execute(
         insert(Learner)
         .values(
             school_id=school_id,
@@ -93,7 +93,7 @@ def seed_school(
             activated_at=text("CURRENT_TIMESTAMP"),
         )
         .returning(Learner.id)
-    )
+    ).scalar_one()
     session.execute(
         insert(Group),
         [{"school_id": school_id, "name": f"Group {i}"} for i in range(1, groups + 1)],

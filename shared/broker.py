@@ -10,7 +10,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import TimeLimit
+from dramatiq.middleware import Middleware, TimeLimit
 
 from shared.settings import Settings
 from shared.signing import SignMessages
@@ -37,7 +37,7 @@ def build_broker(
     shutdown notifications, current message) serve options no actor of ours
     uses, so they are left out: Dramatiq calls every middleware's hooks for
     every message."""
-    middleware = [TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS)]
+    middleware: list[Middleware] = [TimeLimit(time_limit=LEARNER_TIME_LIMIT_MS)]
     if settings.signing_key:
         # First in the list: its before_process_message runs before any other.
         signer = SignMessages(

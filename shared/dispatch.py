@@ -64,13 +64,14 @@ def _lock_batch(session: Session, batch_id: int):
 
 
 def _in_flight(session: Session, batch_id: int, cursor: int) -> int:
-    return session.scalar(
+    count = session.scalar(
         select(func.count()).where(
             BatchItem.batch_id == batch_id,
             BatchItem.outcome == ItemOutcome.PENDING,
             BatchItem.learner_id <= cursor,
         )
     )
+    return count or 0  # count(*) always answers a row; 0 for the type checker's None
 
 
 def refill_size(window: int) -> int:

@@ -84,7 +84,8 @@ class RedisProgress:
             return None
         if not raw:
             return None
-        return {k.decode(): int(v) for k, v in raw.items()}
+        # The client does not decode responses: field names come back as bytes.
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
 class ProgressBuffer:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import dramatiq
@@ -105,7 +105,7 @@ class ConfirmedPublisher:
         if method.multiple:
             # Tags are consecutive: walk up from the last multiple confirm
             # rather than scan every unconfirmed tag (quadratic in the window).
-            confirmed = range(self._confirmed_through + 1, tag + 1)
+            confirmed: Iterable[int] = range(self._confirmed_through + 1, tag + 1)
             self._confirmed_through = max(self._confirmed_through, tag)
         else:
             confirmed = (tag,)
@@ -134,6 +134,7 @@ class ConfirmedPublisher:
             self._declared.add(queue)
         channel = self._connect()
         connection = self._connection
+        assert connection is not None  # _connect() has just opened it
         rejected_before = self._rejected
         properties = {None: pika.BasicProperties(delivery_mode=2)}
         before, after = (

@@ -36,12 +36,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.elements import BindParameter
 
 from shared.batches import cancel_submitted_by
 from shared.contract import Action
 from shared.models import (
     ApiToken,
+    Base,
     Course,
     CourseEnrollment,
     Group,
@@ -59,6 +61,16 @@ GONE = frozenset({LearnerStatus.DELETING, LearnerStatus.DELETED})
 LIVE = frozenset({LearnerStatus.INVITED, LearnerStatus.ACTIVE})
 
 Effect = Insert | Update | Delete
+# A SQL expression, or a mapped attribute such as `Learner.id` used as one.
+Expression = ColumnElement[Any] | QueryableAttribute[Any]
+
+
+def _table(model: type[Base]) -> Table:
+    """The model's Table (the declarative base types `__table__` as any FROM
+    clause; every model here is mapped to a Table)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ class Change:
     deletion_due: ColumnElement[datetime]
     dialect: str
 
-    def is_target(self, column: ColumnElement[Any]) -> ColumnElement[bool]:
+    def is_target(self, column: Expression) -> ColumnElement[bool]:
         """The column is one of the action's group or course ids."""
         if isinstance(self.targets, BindParameter):
             return column == any_(self.targets)
@@ -111,7 +123,7 @@ class Rule:
     effect: Callable[[Change], Effect]
     refuses_self: bool = False
     revokes_access: bool = False
-    already_done: Callable[[ColumnElement[Any], Sequence[int]], ColumnElement[bool]] | None = None
+    already_done: Callable[[Expression, Sequence[int]], ColumnElement[bool]] | None = None
 
     def __post_init__(self) -> None:
         covered = self.applies_to | set(self.skips)
@@ -176,7 +188,7 @@ def _invite(c: Change) -> Effect:
     learners = c.learner_ids.subquery()
     rows = select(c.school_id, learners.c.id, c.batch_id, c.token_hash, literal(0)).where(true())
     return (
-        c.insert_new(Invitation.__table__)
+        c.insert_new(_table(Invitation))
         .from_select(["school_id", "learner_id", "batch_id", "token_hash", "attempts"], rows)
         .returning(Invitation.learner_id)
     )
@@ -186,7 +198,7 @@ def _grant(
     target: type[Group] | type[Course], link: type[GroupMembership] | type[CourseEnrollment]
 ):
     """Link rows from the learner to each target of this school that is missing."""
-    column = link.group_id if link is GroupMembership else link.course_id
+    column = GroupMembership.group_id if link is GroupMembership else CourseEnrollment.course_id
 
     def effect(c: Change) -> Effect:
         learners = c.learner_ids.subquery()
@@ -196,12 +208,12 @@ def _grant(
             .where(true())
         )
         return (
-            c.insert_new(link.__table__)
+            c.insert_new(_table(link))
             .from_select(["learner_id", column.key], rows)
             .returning(link.learner_id)
         )
 
-    def already_done(learner_id: ColumnElement[Any], targets: Sequence[int]) -> ColumnElement[bool]:
+    def already_done(learner_id: Expression, targets: Sequence[int]) -> ColumnElement[bool]:
         have = (
             select(func.count())
             .where(link.learner_id == learner_id, column.in_(list(targets)))
@@ -228,7 +240,7 @@ def _set_status(**values: Callable[[Change], Any]) -> Callable[[Change], Effect]
 
 _group, _member = _grant(Group, GroupMembership)
 _course, _enrolled = _grant(Course, CourseEnrollment)
-_gone = dict.fromkeys(GONE, Reason.ALREADY_DELETED)
+_gone: dict[str, Reason] = dict.fromkeys(GONE, Reason.ALREADY_DELETED)
 
 RULES: dict[Action, Rule] = {
     rule.action: rule

@@ -17,7 +17,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import dramatiq
 import redis
@@ -77,9 +77,18 @@ _current: Runtime | None = None
 _lock = threading.Lock()
 
 
-def start(settings: Settings | None = None, kind: type[R] = Runtime) -> R:  # type: ignore[assignment]
+@overload
+def start(settings: Settings | None = None) -> Runtime: ...
+
+
+@overload
+def start(settings: Settings | None = None, *, kind: type[R]) -> R: ...
+
+
+def start(settings: Settings | None = None, kind: type[Runtime] = Runtime) -> Runtime:
     """Build this process's runtime (closing any earlier one) and make its
-    broker Dramatiq's global broker, which actors declared later bind to."""
+    broker Dramatiq's global broker, which actors declared later bind to.
+    `start()` builds a `Runtime`; `start(kind=WorkerRuntime)` a subclass."""
     global _current
     with _lock:
         if _current is not None:

@@ -9,7 +9,7 @@ the outcome's label, which `workers.metrics.LearnerMetrics` counts.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # When and how often to retry is the Retries middleware's (workers.retries);
 # an actor only names the failures that are not worth retrying.
-RETRY_OPTIONS = {"throws": (PermanentFailure,)}
+RETRY_OPTIONS: dict[str, Any] = {"throws": (PermanentFailure,)}
 
 
 def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
@@ -37,12 +37,11 @@ def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
         return finalize_learner(runtime.sessions, school_id, learner_id).kind.value
 
     finalizer = dramatiq.actor(
-        finalize_deletion,
         broker=runtime.broker,
         actor_name=FINALIZE_DELETION_QUEUE,
         queue_name=FINALIZE_DELETION_QUEUE,
         **RETRY_OPTIONS,
-    )
+    )(finalize_deletion)
 
     def handle_item(action: Action, batch_id: int, learner_id: int) -> str | None:
         """The outcome's label, or None when there was nothing to do."""
@@ -60,6 +59,9 @@ def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
             runtime.mailer.deliver_for_item(batch_id, learner_id)
         elif action == Action.DELETE_LEARNER and applied:
             ctx = items.context(batch_id)
+            # An applied outcome means `process` found the batch's context, and
+            # a batch row is never deleted, so loading it again cannot miss.
+            assert ctx is not None
             finalizer.send_with_options(args=(ctx.school_id, learner_id), delay=grace_ms)
         return outcome.kind.value if outcome else None
 
@@ -69,12 +71,11 @@ def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
 
         apply.__name__ = apply.__qualname__ = action.value
         return dramatiq.actor(
-            apply,
             broker=runtime.broker,
             actor_name=action.value,
             queue_name=action.queue,
             **RETRY_OPTIONS,
-        )
+        )(apply)
 
     declared = {action.value: item_actor(action) for action in Action}
     declared[FINALIZE_DELETION_QUEUE] = finalizer

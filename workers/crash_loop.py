@@ -96,8 +96,11 @@ class CrashLoopGuard(Middleware):
             return None
 
     def _count(self, key: str) -> None:
+        client = self._client()
+        if client is None:  # no Redis: nothing to count in (and nothing was read)
+            return
         try:
-            pipe = self._client().pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             pipe.incr(key)
             pipe.expire(key, DELIVERY_KEY_TTL_SECONDS)
             pipe.execute()

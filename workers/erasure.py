@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, Executable, Select, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, Delete, Select, Update, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import (
@@ -47,13 +47,13 @@ PURGED_BY_LEARNER = (
 )
 
 
-def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Executable]:
+def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Delete | Update]:
     """The purge, as statements over a set of learners already locked and
     known to be `deleting`: delete every row keyed by them, leave tombstones.
     Both the single finalize (one statement on PostgreSQL) and the bulk sweep
     of the reconciler run exactly these."""
     stamp = func.now()
-    purges: list[Executable] = [
+    purges: list[Delete | Update] = [
         delete(model).where(model.learner_id.in_(learner_ids)) for model in PURGED_BY_LEARNER
     ]
     tombstone = (

@@ -47,9 +47,9 @@ def is_transient(exc: BaseException) -> bool:
         if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
             return True
         code = sqlstate(exc)
-        return bool(code) and (
-            code in TRANSIENT_SQLSTATES or code[:2] in TRANSIENT_SQLSTATE_CLASSES
-        )
+        if not code:
+            return False
+        return code in TRANSIENT_SQLSTATES or code[:2] in TRANSIENT_SQLSTATE_CLASSES
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
         return True
     if isinstance(exc, smtplib.SMTPResponseException):

@@ -53,7 +53,7 @@ class PoisonMessages(Middleware):
         log.error("undecodable message on %s; dead-lettered", queue_name)
         try:
             fields = json.loads(body)
-            message = dramatiq.Message(
+            message: dramatiq.Message[object] = dramatiq.Message(
                 queue_name=queue_name,
                 actor_name=fields["actor_name"],
                 args=tuple(fields["args"]),
