@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -62,7 +63,7 @@ def run_demo(console: Console, learners: int) -> None:
             first_page = [
                 p["id"] for p in http.get("/v1/learners", params={"limit": 50}).json()["learners"]
             ]
-            plan = [
+            plan: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                 ("resend_invitation", "one page", {"learner_ids": first_page}, {}),
                 (
                     "add_to_group",
@@ -106,11 +107,11 @@ def run_demo(console: Console, learners: int) -> None:
         deadline = time.monotonic() + 30
         with worker_runtime.transaction() as session:
             while True:
-                deleted = session.scalar(
+                deleted = session.execute(
                     select(func.count()).where(
                         Learner.school_id == seeded.school_id, Learner.status == "deleted"
                     )
-                )
+                ).scalar_one()
                 if deleted >= 10 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
