@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.select(batches.c.id, batches.c.selection, batches.c.idempotency_key)
     ).all()
     for batch_id, selection, idempotency_key in rows:
-        changes = {}
+        changes: dict[str, object] = {}
         people = (selection or {}).get("filter")
         if isinstance(people, dict) and people.get("q") not in (None, SEARCH_NOT_KEPT):
             changes["selection"] = {**selection, "filter": {**people, "q": SEARCH_NOT_KEPT}}
