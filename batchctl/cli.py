@@ -234,13 +234,24 @@ def submit(
     from producer.client import ApiError
 
     ids = _ids(learner_ids) + (_ids(ids_file.read_text()) if ids_file else [])
+    people = {"status": status or None, "group_id": group_id, "q": q}
+    people = {k: v for k, v in people.items() if v is not None}
+    # One way of selecting: a flag of another would otherwise be silently ignored.
+    given = {
+        "--learner-ids/--ids-file": bool(learner_ids or ids_file),
+        "a filter (--status/--group-id/--q/--exclude-ids)": bool(people or exclude_ids),
+        "--all-not-activated": all_not_activated,
+    }
+    chosen = [name for name, used in given.items() if used]
+    if len(chosen) > 1:
+        raise typer.BadParameter(
+            f"{' and '.join(chosen)} select learners in different ways; use only one"
+        )
     if ids:
         selection: dict = {"learner_ids": ids}
     elif all_not_activated:
         selection = {"all_not_activated": True}
     else:
-        people = {"status": status or None, "group_id": group_id, "q": q}
-        people = {k: v for k, v in people.items() if v is not None}
         if not people:
             raise typer.BadParameter(
                 "select learners: --learner-ids, --ids-file, a filter "

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from producer.limits import BodySizeLimit, RequestRate
+from producer.auth import TokenBeforeBody
+from producer.limits import ApiRates, BodySizeLimit
 from producer.routes import router
 from producer.submit import SubmitError
 from shared import redaction
@@ -58,11 +59,10 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.state.rate = RequestRate(
-        runtime.settings.api_rate_per_minute, runtime.redis, runtime.namespace
-    )
+    app.state.rate = ApiRates(runtime.settings, runtime.redis, runtime.namespace)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(TokenBeforeBody)  # outermost: a 401 before any body is read
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:

@@ -28,6 +28,7 @@ from producer.schemas import (
     LearnerView,
     PeopleStatus,
     Problem,
+    SearchText,
 )
 from producer.selection import filter_conditions, shown_status
 from producer.submit import dry_run, submit
@@ -51,7 +52,7 @@ ERRORS = {
     403: {"model": Problem, "description": "Not an admin, or the token lacks the scope."},
     429: {
         "model": Problem,
-        "description": "Too many requests or running batches; see Retry-After.",
+        "description": "Too many requests, running batches or learners this hour; see Retry-After.",
     },
 }
 NOT_FOUND = {404: {"model": Problem, "description": "No such batch in your school."}}
@@ -98,12 +99,14 @@ def create_batch(
                 mode="json"
             )
         )
+    settings = runtime.settings
     submitted = submit(
         session,
         actor,
         body,
-        hashed(idempotency_key, runtime.settings),
-        runtime.settings.max_active_batches_per_school,
+        hashed(idempotency_key, settings),
+        settings.max_active_batches_per_school,
+        settings.selected_learners_per_hour,
     )
     session.commit()
     if submitted.replayed:
@@ -211,7 +214,7 @@ def list_learners(
     session: SessionDep,
     status: Annotated[list[PeopleStatus] | None, Query()] = None,
     group_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[SearchText | None, Query()] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ):

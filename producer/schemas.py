@@ -3,17 +3,53 @@ from these). Unknown fields are rejected, so a typo is a 422 naming it."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+)
 
 from shared.contract import Action
 
 MAX_ID = 2**63 - 1
-LearnerId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# Strict: JSON `true` or `"7"` is not learner 7.
+LearnerId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
 MAX_EXPLICIT_IDS = 100_000
 PeopleStatus = Literal["invited", "active", "deactivated"]
+
+
+STATUSES = get_args(PeopleStatus)
+
+
+def _distinct(values: Any) -> Any:
+    """Each status once: a list of 400,000 copies is one status, not 400,000
+    SQL parameters; more distinct values than there are statuses is refused
+    in one error, not one per value."""
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        values = list(dict.fromkeys(values))
+        if len(values) > len(STATUSES):
+            raise ValueError(f"at most {len(STATUSES)} statuses, of {', '.join(STATUSES)}")
+    return values
+
+
+def _printable(text: str) -> str:
+    # A NUL ends the string for SQLite, so "\x00..." matched every learner.
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ValueError("must not contain control characters (NUL, tab, line breaks, ...)")
+    return text
+
+
+PeopleStatuses = Annotated[list[PeopleStatus], BeforeValidator(_distinct)]
+SearchText = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
 
 
 class Strict(BaseModel):
@@ -23,11 +59,11 @@ class Strict(BaseModel):
 class LearnerFilter(Strict):
     """The people list's query: what `GET /v1/learners` takes, as a body."""
 
-    status: list[PeopleStatus] | None = Field(
+    status: PeopleStatuses | None = Field(
         default=None, description="Learner statuses; `deactivated` includes learners being deleted."
     )
     group_id: LearnerId | None = None
-    q: str | None = Field(default=None, max_length=200, description="Part of an email or name.")
+    q: SearchText | None = Field(default=None, description="Part of an email or name.")
 
 
 class LearnerIdsSelection(Strict):

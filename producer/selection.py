@@ -81,11 +81,20 @@ def filter_conditions(actor: Actor, people_filter: LearnerFilter) -> list[Column
             )
         )
     if people_filter.q:
-        pattern = f"%{people_filter.q.lower()}%"
+        pattern = f"%{like_literal(people_filter.q.lower())}%"
         conditions.append(
-            or_(func.lower(Learner.email).like(pattern), func.lower(Learner.name).like(pattern))
+            or_(
+                func.lower(Learner.email).like(pattern, escape="\\"),
+                func.lower(Learner.name).like(pattern, escape="\\"),
+            )
         )
     return conditions
+
+
+def like_literal(text: str) -> str:
+    """`text` as a LIKE pattern that matches only itself: `%` and `_` are
+    wildcards, and the filter can select learners to delete."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def selected_learners(session: Session, actor: Actor, selection) -> Select:

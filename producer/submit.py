@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +22,8 @@ from shared.actions import Actor
 from shared.contract import Action
 from shared.db import now
 from shared.models import ACTIVE_BATCH_STATUSES, Batch, BatchStatus, Course, Group, School
+
+QUOTA_WINDOW = timedelta(hours=1)
 
 
 # Stands for the search text in a batch's stored selection.
@@ -45,8 +49,18 @@ class Submitted:
 
 
 def request_hash(request: BatchRequest) -> str:
-    body = json.dumps(_plain(request), sort_keys=True, separators=(",", ":"))
+    """The body's fingerprint for Idempotency-Key. Every list in a request is
+    a set (ids, statuses), so `[61, 60]` and `[60, 61, 60]` are one body."""
+    body = json.dumps(_as_sets(_plain(request)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _as_sets(value):
+    if isinstance(value, dict):
+        return {key: _as_sets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted(set(value))
+    return value
 
 
 def _plain(request: BatchRequest) -> dict:
@@ -110,6 +124,7 @@ def submit(
     request: BatchRequest,
     idempotency_key: IdempotencyKey | None = None,
     max_active_batches: int | None = None,
+    learners_per_hour: int | None = None,
 ) -> Submitted:
     """Create the batch and its frozen items, or return the batch this
     Idempotency-Key already made for the same body."""
@@ -120,8 +135,12 @@ def submit(
         if existing is not None:
             return _replay(existing, digest)
     params = params_for(session, actor, request)
+    _lock_school(session, actor)
     if max_active_batches is not None:
         _check_running_cap(session, actor, max_active_batches)
+    if learners_per_hour is not None:
+        # Refused before freezing when the quota is already spent.
+        _check_hourly_quota(session, actor, learners_per_hour, adding=1)
     try:
         with session.begin_nested():
             batch = Batch(
@@ -145,13 +164,57 @@ def submit(
         raise SubmitError(422, "selection", "the selection matches no learners; nothing to do")
     batch.total = total
     session.flush()
+    if learners_per_hour is not None:
+        _check_hourly_quota(session, actor, learners_per_hour, adding=0)
     return Submitted(batch, not_found=not_found)
 
 
+def _lock_school(session: Session, actor: Actor) -> None:
+    """Serialise the school's submits until commit, so two cannot both take the
+    last running place or the last of the hourly quota. SQLite has no row
+    locks: a write takes its database lock, and also opens the transaction
+    (pysqlite begins one only at a write, so the batch's SAVEPOINT would
+    otherwise be the outermost transaction and commit on release, leaving a
+    refused batch behind)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(School).where(School.id == actor.school_id).values(name=School.name))
+    else:
+        session.execute(select(School.id).where(School.id == actor.school_id).with_for_update())
+
+
+def _check_hourly_quota(session: Session, actor: Actor, quota: int, adding: int) -> None:
+    """At most SELECTED_LEARNERS_PER_HOUR learners selected per school in any
+    hour, counted in the database (every replica agrees, Redis or not) over
+    every batch, also those that finished at once (unknown ids): one token
+    could otherwise fill the database with `not_found` items."""
+    since = now() - QUOTA_WINDOW
+    in_window = (Batch.school_id == actor.school_id, Batch.created_at > since)
+    used = session.scalar(select(func.coalesce(func.sum(Batch.total), 0)).where(*in_window))
+    excess = used + adding - quota
+    if excess <= 0:
+        return
+    retry = QUOTA_WINDOW
+    freed = 0
+    for created_at, total in session.execute(
+        select(Batch.created_at, Batch.total).where(*in_window).order_by(Batch.created_at)
+    ):
+        freed += total
+        if freed >= excess:
+            retry = created_at + QUOTA_WINDOW - now()
+            break
+    seconds = max(1, math.ceil(retry.total_seconds()))
+    raise SubmitError(
+        429,
+        None,
+        f"your school selected {used:,} learners in the last hour (the limit is {quota:,} "
+        f"an hour); retry in {seconds}s, or select fewer learners",
+        retry_after=seconds,
+    )
+
+
 def _check_running_cap(session: Session, actor: Actor, cap: int) -> None:
-    """At most MAX_ACTIVE_BATCHES_PER_SCHOOL running at once. The school row is
-    locked so two concurrent submits cannot both take the last place."""
-    session.execute(select(School.id).where(School.id == actor.school_id).with_for_update())
+    """At most MAX_ACTIVE_BATCHES_PER_SCHOOL running at once (the caller holds
+    the school's lock)."""
     running = session.scalar(
         select(func.count()).where(
             Batch.school_id == actor.school_id,

@@ -32,10 +32,12 @@ def live_counts(session: Session, batch: Batch, progress: Progress) -> dict:
 def batch_view(session: Session, batch: Batch, progress: Progress) -> BatchView:
     counts = live_counts(session, batch, progress)
     finished = batch.total - counts.get("pending", 0)
+    # Cancelled learners were never worked on: they would inflate the rate.
+    worked = sum(counts.get(outcome, 0) for outcome in ("applied", "skipped", "failed"))
     started = _aware(batch.started_at) or _aware(batch.created_at)
     ended = _aware(batch.finished_at) or now()
     elapsed = (ended - started).total_seconds() if started else 0.0
-    rate = finished / elapsed if elapsed > 0 and finished else None
+    rate = worked / elapsed if elapsed > 0 and worked else None
     eta = None
     if batch.status not in FINISHED_BATCH_STATUSES and rate:
         eta = round(counts.get("pending", 0) / rate, 1)

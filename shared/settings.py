@@ -46,7 +46,14 @@ class Settings(BaseSettings):
     # HTTP API limits.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     api_rate_per_minute: int = Field(default=600, ge=1)
+    # Every token of a school together, and failed authentications per client
+    # address (guessing tokens, or a stranger's load).
+    school_rate_per_minute: int = Field(default=1200, ge=1)
+    auth_failures_per_minute: int = Field(default=30, ge=1)
     max_active_batches_per_school: int = Field(default=10, ge=1)
+    # Learners one school may select in any hour (sum of its batches' totals),
+    # so one token cannot fill the database with batches that finish at once.
+    selected_learners_per_hour: int = Field(default=5_000_000, ge=1)
     # Workers' and the reconciler's Prometheus endpoint. Two worker pools on one
     # host need two ports (each gets its own multiprocess directory too).
     # Transient failures: retries with exponential backoff (milliseconds).
