@@ -115,16 +115,51 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
 ) -> None:
-    """Run the producer (HTTP API and dispatch loop)."""
+    """Run the producer (HTTP API and dispatch loop). Without BROKER_URL (the
+    embedded mode) it runs the workers and the reconciler in this process too:
+    its broker is in memory, so no other process could reach it."""
     import uvicorn
 
     from producer.app import create_app
     from shared import runtime
+    from shared.settings import Settings
 
+    settings = Settings()
+    embedded = None
+    if settings.broker_url:
+        process = runtime.start(settings)
+    else:
+        from workers.embedded import Embedded
+        from workers.runtime import start_worker
+
+        process = start_worker(settings)
+        embedded = Embedded(process)
+    api = create_app(process)
+    api.state.embedded = embedded
     try:
-        uvicorn.run(create_app(runtime.start()), host=host, port=port, log_level="info")
+        if embedded is not None:
+            embedded.start()
+            console.print("embedded mode: workers and reconciler run in this process")
+        uvicorn.run(api, host=host, port=port, log_level="info")
     finally:
+        if embedded is not None:
+            embedded.stop()
         runtime.stop()
+
+
+def _require_broker(command: str) -> None:
+    """Without BROKER_URL the broker is in memory: a separate process would
+    consume or publish where nobody else can see."""
+    from shared.settings import Settings
+
+    if not Settings().broker_url:
+        _fail(
+            ValueError(
+                f"`batchctl {command}` needs a shared broker: set BROKER_URL=amqp://... "
+                "(RabbitMQ). Without it, `batchctl serve` alone runs the workers and "
+                "the reconciler in its own process."
+            )
+        )
 
 
 def worker_metrics_env() -> dict[str, str]:
@@ -166,6 +201,7 @@ def worker(
     unknown = set(queues or []) - set(QUEUES)
     if unknown:
         raise typer.BadParameter(f"unknown queues {sorted(unknown)}; known: {QUEUES}")
+    _require_broker("worker")
     os.environ.update(worker_metrics_env())
     argv = [
         sys.executable,
@@ -188,6 +224,7 @@ def worker(
 @app.command()
 def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -> None:
     """Republish stuck items, finalize overdue deletions, complete batches."""
+    _require_broker("reconcile")
     from shared import redaction, runtime
     from shared.metrics import DatabaseCollector, serve_metrics
     from shared.publish import publisher_for

@@ -125,6 +125,9 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         dispatcher = getattr(app.state, "dispatcher", None)
         if dispatcher is not None and not dispatcher.is_alive():
             problems["dispatcher"] = "stopped"
+        embedded = getattr(app.state, "embedded", None)  # workers.embedded, set by `serve`
+        if embedded is not None:
+            problems |= embedded.problems()
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
