@@ -118,9 +118,8 @@ def serve(
     """Run the producer (HTTP API and dispatch loop). Without BROKER_URL (the
     embedded mode) it runs the workers and the reconciler in this process too:
     its broker is in memory, so no other process could reach it."""
-    import uvicorn
-
     from producer.app import create_app
+    from producer.app import serve as serve_api
     from shared import runtime
     from shared.settings import Settings
 
@@ -140,7 +139,7 @@ def serve(
         if embedded is not None:
             embedded.start()
             console.print("embedded mode: workers and reconciler run in this process")
-        uvicorn.run(api, host=host, port=port, log_level="info")
+        serve_api(api, host, port)
     finally:
         if embedded is not None:
             embedded.stop()

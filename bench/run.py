@@ -144,6 +144,7 @@ class Bench:
             "SMTP_RATE_PER_SECOND": str(self.args.smtp_rate),
             "DELETION_GRACE_SECONDS": str(self.args.grace),
             "METRICS_PORT": str(self.metrics_port),
+            "PRODUCER_METRICS_PORT": str(free_port()),
             "PROMETHEUS_MULTIPROC_DIR": str(self.logs / "prom"),
             # Signed messages, as deployed (deploy/ requires SIGNING_KEY).
             "SIGNING_KEY": os.environ.get("SIGNING_KEY") or secrets.token_hex(32),
@@ -365,7 +366,8 @@ class Bench:
         phase = self.sampler.end_phase()
         after = latency_buckets(self.metrics_url, action)
         buckets = sorted((le, after.get(le, 0) - before_buckets.get(le, 0)) for le in after)
-        published = producer_published(self.base_url, action)
+        producer_metrics = f"http://127.0.0.1:{self.env['PRODUCER_METRICS_PORT']}"
+        published = producer_published(producer_metrics, action)
         counts = row[3] or {}
         result = {
             "batch_id": batch_id,

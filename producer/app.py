@@ -1,18 +1,20 @@
 """The producer: a thin FastAPI app plus a background dispatch loop.
 
-`batchctl serve` runs it; tests use `create_app()` directly.
+`batchctl serve` runs it with `serve`; tests use `create_app()` directly.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.routing import Match
 
 from producer.auth import TokenBeforeBody
 from producer.limits import ApiRates, BodySizeLimit
@@ -20,11 +22,14 @@ from producer.routes import router
 from producer.submit import SubmitError
 from shared import redaction
 from shared.dispatch import DispatchLoop
-from shared.metrics import DatabaseCollector, exposition, requests
+from shared.metrics import DatabaseCollector, requests, serve_metrics
 from shared.publish import publisher_for
 from shared.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
+# One line per request, naming the route's template (/v1/learners/{learner_id}/access),
+# never the URL: paths and query strings carry what clients type, emails included.
+access_log = logging.getLogger("producer.access")
 
 
 def start_dispatcher(runtime: Runtime) -> DispatchLoop:
@@ -88,21 +93,24 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
-    # Resolved at scrape time: building the app must not touch the database.
-    collectors = [DatabaseCollector(runtime.sessions)]
-
     @app.middleware("http")
-    async def count_requests(request: Request, call_next):
+    async def count_and_log_requests(request: Request, call_next):
+        started = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        if route is not None and route.path != "/metrics":
+        route = _route_of(app, request)
+        if route is not None:
             action = getattr(request.state, "batch_action", None) or route.name
             requests().labels(action, str(response.status_code)).inc()
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            route.path if route is not None else "(no route)",
+            response.status_code,
+            1000 * (time.perf_counter() - started),
+        )
         return response
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(exposition(collectors), media_type=CONTENT_TYPE_LATEST)
+    app.openapi = lambda: _openapi_with_bearer_tokens(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
@@ -133,3 +141,61 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         return JSONResponse({"status": "ready"})
 
     return app
+
+
+def _route_of(app: FastAPI, request: Request):
+    """The route that answered, or would have: a middleware can answer (401,
+    413) before routing has run."""
+    route = request.scope.get("route")
+    if route is None:
+        route = next(
+            (r for r in app.router.routes if r.matches(request.scope)[0] == Match.FULL), None
+        )
+    return route
+
+
+def _openapi_with_bearer_tokens(app: FastAPI) -> dict:
+    """The OpenAPI document, declaring that every operation takes a bearer
+    token (`batchctl token`), so /docs can authorize its calls."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearerToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API token of an admin: `batchctl token`.",
+            }
+        }
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["security"] = [{"bearerToken": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run the app as `batchctl serve` does: logs through the redaction filter
+    like every other process (uvicorn's own access log is off: it quotes
+    URLs), and Prometheus metrics on a port of their own,
+    METRICS_HOST:PRODUCER_METRICS_PORT, not the API's: they show every
+    school's totals and query the database on each scrape."""
+    import uvicorn
+
+    runtime: Runtime = app.state.runtime
+    settings = runtime.settings
+    redaction.configure_logging()
+    try:
+        # Resolved at scrape time: starting must not wait on the database.
+        collectors = [DatabaseCollector(runtime.sessions)]
+        serve_metrics(settings.metrics_host, settings.producer_metrics_port, collectors)
+    except OSError as exc:
+        # The API still serves; Prometheus sees the target down and alerts.
+        log.error(
+            "metrics not served on %s:%s (%s): set PRODUCER_METRICS_PORT to a free port",
+            settings.metrics_host,
+            settings.producer_metrics_port,
+            exc.strerror,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, access_log=False)

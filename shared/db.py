@@ -16,12 +16,20 @@ def now() -> datetime:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; a process makes one (`shared.runtime`)."""
+    """An engine for `url`; a process makes one (`shared.runtime`). Its errors
+    never quote the statement's parameters (emails, names, search texts):
+    they end up in logs and tracebacks."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

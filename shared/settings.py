@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9191, ge=0, le=65535)
+    # The producer's, apart from its API port (docs/SECURITY.md, audit item 19).
+    producer_metrics_port: int = Field(default=9192, ge=0, le=65535)
 
     # Message integrity, SMTP and invitation links (docs/SECURITY.md, audit of
     # 2026-11-29). Signed messages older than this are rejected. The oldest

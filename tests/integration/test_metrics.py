@@ -93,7 +93,7 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported_with_the_batch_va
     )
     session.commit()
     worker_url = f"http://127.0.0.1:{stack.env['METRICS_PORT']}/metrics"
-    producer_url = f"{stack.base_url}/metrics"
+    producer_url = f"http://127.0.0.1:{stack.env['PRODUCER_METRICS_PORT']}/metrics"
     before_worker, before_producer = scrape(worker_url), scrape(producer_url)
     try:
         with stack.client(seeded.token) as client:

@@ -259,7 +259,7 @@ def stack_env(
 ) -> dict[str, str]:
     """What every process of a test stack runs with: this run's database,
     vhost, Redis database and SMTP server, a fresh signing key and metrics
-    port, then the stack's own `settings`."""
+    ports, then the stack's own `settings`."""
     return {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -268,6 +268,7 @@ def stack_env(
         "SMTP_URL": smtp.url,
         "SIGNING_KEY": "test-signing-key-" + uuid.uuid4().hex,
         "METRICS_PORT": str(free_port()),
+        "PRODUCER_METRICS_PORT": str(free_port()),
         **settings,
     }
 
