@@ -11,7 +11,7 @@ import time
 
 import redis
 from fastapi import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.settings import Settings
 
@@ -45,7 +45,7 @@ class BodySizeLimit:
         seen = 0
         started = False
 
-        async def counted() -> dict:
+        async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
@@ -53,7 +53,7 @@ class BodySizeLimit:
                 raise BodyTooLarge(self.max_bytes)
             return message
 
-        async def watched(message: dict) -> None:
+        async def watched(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -47,7 +47,7 @@ Cursor = Annotated[
 Limit = Annotated[int, Query(ge=1, le=500)]
 BatchId = Annotated[int, Path(ge=1, le=MAX_ID)]
 LearnerIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing, invalid or revoked token."},
     403: {"model": Problem, "description": "Not an admin, or the token lacks the scope."},
     429: {
@@ -55,7 +55,9 @@ ERRORS = {
         "description": "Too many requests, running batches or learners this hour; see Retry-After.",
     },
 }
-NOT_FOUND = {404: {"model": Problem, "description": "No such batch in your school."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such batch in your school."}
+}
 
 
 def _batch(session: Session, actor: Actor, batch_id: int) -> Batch:

@@ -131,12 +131,14 @@ def freeze_selection(session: Session, batch_id: int, actor: Actor, selection) -
         connection.execute(
             insert(BatchItem).from_select(["batch_id", "learner_id", "outcome", "reason"], rows)
         )
-        not_found = connection.scalar(
+        not_found = connection.execute(
             select(func.count()).where(
                 BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.SKIPPED
             )
-        )
-        total = connection.scalar(select(func.count()).where(BatchItem.batch_id == batch_id))
+        ).scalar_one()
+        total = connection.execute(
+            select(func.count()).where(BatchItem.batch_id == batch_id)
+        ).scalar_one()
         return total, not_found
     learners = selected_learners(session, actor, selection).subquery()
     total = connection.execute(

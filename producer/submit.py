@@ -157,8 +157,12 @@ def submit(
             session.add(batch)
             session.flush()
     except IntegrityError:
-        # Another request with this key won the race.
-        return _replay(_by_key(session, actor, idempotency_key), digest)
+        # Another request with this key won the race; without a key, or with
+        # no batch under it, the conflict is something else.
+        winner = _by_key(session, actor, idempotency_key) if idempotency_key else None
+        if winner is None:
+            raise
+        return _replay(winner, digest)
     total, not_found = freeze_selection(session, batch.id, actor, request.selection)
     if total == 0:
         raise SubmitError(422, "selection", "the selection matches no learners; nothing to do")
@@ -189,7 +193,9 @@ def _check_hourly_quota(session: Session, actor: Actor, quota: int, adding: int)
     could otherwise fill the database with `not_found` items."""
     since = now() - QUOTA_WINDOW
     in_window = (Batch.school_id == actor.school_id, Batch.created_at > since)
-    used = session.scalar(select(func.coalesce(func.sum(Batch.total), 0)).where(*in_window))
+    used = session.execute(
+        select(func.coalesce(func.sum(Batch.total), 0)).where(*in_window)
+    ).scalar_one()
     excess = used + adding - quota
     if excess <= 0:
         return
@@ -215,12 +221,12 @@ def _check_hourly_quota(session: Session, actor: Actor, quota: int, adding: int)
 def _check_running_cap(session: Session, actor: Actor, cap: int) -> None:
     """At most MAX_ACTIVE_BATCHES_PER_SCHOOL running at once (the caller holds
     the school's lock)."""
-    running = session.scalar(
+    running = session.execute(
         select(func.count()).where(
             Batch.school_id == actor.school_id,
             Batch.status.in_(ACTIVE_BATCH_STATUSES),
         )
-    )
+    ).scalar_one()
     if running >= cap:
         raise SubmitError(
             429,
