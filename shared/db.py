@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, Insert, Table, create_engine, event
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, create_engine, event
 
 
 def now() -> datetime:
@@ -37,14 +35,3 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
-
-
-def insert_ignoring_duplicates(session: Session, table: Table) -> Insert:
-    """`INSERT ... ON CONFLICT DO NOTHING` for whichever database the session uses.
-
-    Its rowcount says how many rows were new; SQLAlchemy keeps an INSERT's
-    rowcount only when asked to.
-    """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
