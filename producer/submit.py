@@ -129,11 +129,14 @@ def submit(
     """Create the batch and its frozen items, or return the batch this
     Idempotency-Key already made for the same body."""
     check_size(request)
-    digest = request_hash(request)
+    # Kept only with a key, and keyed: the body can quote an email (`q`).
+    fingerprints = (
+        idempotency_key.body_fingerprints(request_hash(request)) if idempotency_key else ()
+    )
     if idempotency_key:
         existing = _by_key(session, actor, idempotency_key)
         if existing is not None:
-            return _replay(existing, digest)
+            return _replay(existing, fingerprints)
     params = params_for(session, actor, request)
     _lock_school(session, actor)
     if max_active_batches is not None:
@@ -151,7 +154,7 @@ def submit(
                 selection=_selection_summary(request),
                 status=BatchStatus.RUNNING,
                 idempotency_key=idempotency_key.stored if idempotency_key else None,
-                request_hash=digest,
+                request_hash=fingerprints[0] if fingerprints else None,
                 started_at=now(),
             )
             session.add(batch)
@@ -162,7 +165,7 @@ def submit(
         winner = _by_key(session, actor, idempotency_key) if idempotency_key else None
         if winner is None:
             raise
-        return _replay(winner, digest)
+        return _replay(winner, fingerprints)
     total, not_found = freeze_selection(session, batch.id, actor, request.selection)
     if total == 0:
         raise SubmitError(422, "selection", "the selection matches no learners; nothing to do")
@@ -245,8 +248,8 @@ def _by_key(session: Session, actor: Actor, key: IdempotencyKey) -> Batch | None
     )
 
 
-def _replay(batch: Batch, digest: str) -> Submitted:
-    if batch.request_hash != digest:
+def _replay(batch: Batch, fingerprints: tuple[str, ...]) -> Submitted:
+    if batch.request_hash not in fingerprints:
         raise SubmitError(
             409,
             "Idempotency-Key",

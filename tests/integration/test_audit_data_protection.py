@@ -1,6 +1,7 @@
 """Batches stored before the fix of issue #12 item 1: the migration takes the
-search text out of their selection and hashes their Idempotency-Key the way
-the producer now does, so a retry of a recent request is still recognised."""
+search text out of their selection and hashes their Idempotency-Key and body
+fingerprint the way the producer now does, so a retry of a recent request is
+still recognised."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.support.environment import environment
 
 SIGNING_KEY = "migration-test-signing-key-" + "k" * 32
 EMAIL = "zed.migrated@mail.example.org"
+PLAIN_BODY_HASH = "a" * 64  # what producer.submit.request_hash used to store
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -36,8 +38,14 @@ def test_old_batches_lose_their_search_text_and_clear_keys(old_database):
                     **old,
                     "selection": {"filter": {"q": EMAIL, "status": None}, "exclude_ids": 2},
                     "idempotency_key": f"delete {EMAIL}",
+                    "request_hash": PLAIN_BODY_HASH,
                 },
-                {**old, "selection": {"learner_ids": 3}, "idempotency_key": None},
+                {
+                    **old,
+                    "selection": {"learner_ids": 3},
+                    "idempotency_key": None,
+                    "request_hash": PLAIN_BODY_HASH,
+                },
             ],
         )
 
@@ -46,13 +54,18 @@ def test_old_batches_lose_their_search_text_and_clear_keys(old_database):
 
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Batch.selection, Batch.idempotency_key)
+            select(Batch.selection, Batch.idempotency_key, Batch.request_hash)
             .where(Batch.school_id == school)
             .order_by(Batch.id)
         ).all()
     engine.dispose()
-    expected_key = hashed(f"delete {EMAIL}", Settings(signing_key=SIGNING_KEY)).stored
+    expected = hashed(f"delete {EMAIL}", Settings(signing_key=SIGNING_KEY))
+    [fingerprint, *_] = expected.body_fingerprints(PLAIN_BODY_HASH)
     assert [tuple(row) for row in rows] == [
-        ({"filter": {"q": "[not kept]", "status": None}, "exclude_ids": 2}, expected_key),
-        ({"learner_ids": 3}, None),
+        (
+            {"filter": {"q": "[not kept]", "status": None}, "exclude_ids": 2},
+            expected.stored,
+            fingerprint,
+        ),
+        ({"learner_ids": 3}, None, None),
     ]

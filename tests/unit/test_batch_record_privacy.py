@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from producer.app import create_app
+from producer.schemas import BatchRequest
+from producer.submit import request_hash
 from shared.models import Batch
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -42,9 +44,12 @@ def test_the_search_text_and_the_key_are_not_stored(session, school, learner):
     batch = session.scalar(select(Batch).where(Batch.id == answer.json()["id"]))
     assert batch.total == 1
     assert batch.selection["filter"]["q"] == "[not kept]"
-    stored = repr((batch.selection, batch.idempotency_key, batch.params))
+    stored = repr((batch.selection, batch.idempotency_key, batch.params, batch.request_hash))
     assert learner.email not in stored and learner.email.split("@")[0] not in stored
     assert len(batch.idempotency_key) == 64
+    # Not a plain hash either, which would confirm a guessed email.
+    plain_body_hash = request_hash(BatchRequest.model_validate(body))
+    assert batch.request_hash not in (None, plain_body_hash)
 
 
 def test_a_retry_is_recognised_by_its_key_across_a_signing_key_rotation(session, school, learner):
