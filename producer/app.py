@@ -148,8 +148,11 @@ def _route_of(app: FastAPI, request: Request):
     413) before routing has run."""
     route = request.scope.get("route")
     if route is None:
+        # The API's routes by themselves: FastAPI's included-router wrapper has no name.
+        routes = [*router.routes, *app.router.routes]
         route = next(
-            (r for r in app.router.routes if r.matches(request.scope)[0] == Match.FULL), None
+            (r for r in routes if hasattr(r, "name") and r.matches(request.scope)[0] == Match.FULL),
+            None,
         )
     return route
 

@@ -208,7 +208,8 @@ def test_limits_answer_413_and_429_with_retry_after(api, session, two_schools, m
     assert [r.status_code for r in codes] == [202, 202, 429]
     assert codes[2].headers["Retry-After"] and "limit is 2" in codes[2].json()["detail"]
 
-    monkeypatch.setattr(limits, "_rate", limits.RequestRate(per_minute=5))
+    five = limits.RequestRate(5, None, "test", "token", "requests a minute with this token")
+    monkeypatch.setattr(api.app.state.rate, "token", five)
     answers = [api.get("/v1/batches", headers=auth(mine.token)) for _ in range(7)]
     limited = [r for r in answers if r.status_code == 429]
     assert limited and int(limited[0].headers["Retry-After"]) <= 60
