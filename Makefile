@@ -23,8 +23,10 @@ demo: $(BIN)/batchctl
 # 1 fast, no services (SQLite, Dramatiq's StubBroker; `make test-fast` alone,
 # for the edit-run loop); 2 integration on the real PostgreSQL, RabbitMQ and
 # Redis; 3 the fault suite. A tier that collects no tests fails (pytest exit 5).
+# Tier 1 starts with the type checker (mypy, configured in pyproject.toml).
 test-fast: $(BIN)/batchctl $(VENV)/.deploy-tools
 	@echo "== tier 1: fast (no services) =="
+	$(BIN)/mypy
 	$(BIN)/pytest tests/unit
 
 test: test-fast
@@ -57,6 +59,7 @@ deploy-test:
 lint: $(BIN)/batchctl
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache batch_actions.db
