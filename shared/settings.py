@@ -1,7 +1,7 @@
 """All configuration, read once from the environment (or a `.env` file).
 
 One class so that every process (producer, worker, reconciler, CLI) agrees on
-the same names; they are part of the contract in DESIGN.md.
+the same names; they are part of the contract in docs/CONTRACT.md.
 """
 
 from __future__ import annotations
