@@ -2,6 +2,7 @@
 # `make deploy-test`: run deploy/docker-compose.yml for real, with podman.
 #
 #   bash deploy/podman/deploy-test.sh        (as root; no TTY needed)
+#   bash deploy/podman/deploy-test.sh down   (remove a kept or interrupted run)
 #
 # 1. installs what it needs, idempotently: podman, runc, catatonit, debootstrap
 #    (apt), podman-compose (pinned, pip, into $STATE/venv);
@@ -29,8 +30,8 @@
 # Environment: DEPLOY_TEST_STATE (cache and run dir, default
 # /var/tmp/batch-actions-deploytest), DEPLOY_TEST_PROJECT (compose project,
 # default batch-actions-deploytest), DEPLOY_TEST_KEEP=1 (leave the stack up on
-# success, for poking at it; `down` it yourself), DEPLOY_TEST_REBUILD=1 (rebuild
-# every image).
+# success, for poking at it; `down` it yourself; =always: on failure too),
+# DEPLOY_TEST_REBUILD=1 (rebuild every image).
 set -Eeuo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,7 +48,7 @@ NOFILE=16384 # containers.conf default_ulimits
 
 export CONTAINERS_CONF="$here/containers.conf"
 export PYTHONDONTWRITEBYTECODE=1
-RUN="$STATE/run"
+RUN="$STATE/run/$PROJECT" # logs of the last run
 LABEL="label=io.podman.compose.project=$PROJECT"
 T0=$SECONDS
 CURRENT_STEP="start"
@@ -154,28 +155,49 @@ on_exit() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    # A signal's trap runs inside whatever redirection was active (a build or
+    # podman-compose log): report on the script's own stdout/stderr.
+    exec 1>&3 2>&4
     if ((rc != 0)); then
         echo
         log "deploy-test FAILED at step: $CURRENT_STEP (exit $rc)" >&2
         ((STACK_UP)) && dump_failing >&2
     fi
-    if [[ "${DEPLOY_TEST_KEEP:-0}" == 1 && $rc == 0 ]]; then
+    if [[ "${DEPLOY_TEST_KEEP:-0}" == always || ("${DEPLOY_TEST_KEEP:-0}" == 1 && $rc == 0) ]]; then
         stop_jobs
-        log "DEPLOY_TEST_KEEP=1: the stack stays up; CONTAINERS_CONF=$CONTAINERS_CONF $STATE/venv/bin/podman-compose -p $PROJECT ... down -v"
+        log "DEPLOY_TEST_KEEP=${DEPLOY_TEST_KEEP}: the stack stays up (CONTAINERS_CONF=$CONTAINERS_CONF podman ps);" \
+            "remove it with: DEPLOY_TEST_PROJECT=$PROJECT bash $here/deploy-test.sh down"
     elif ! teardown; then
         log "deploy-test FAILED at step: down (something was left running)" >&2
         ((rc == 0)) && rc=1
     fi
-    if ((rc == 0)); then
+    if ((rc == 0)) && [[ "$CURRENT_STEP" == "down only" ]]; then
+        log "down: nothing of $PROJECT is left"
+    elif ((rc == 0)); then
         log "deploy-test passed in $((SECONDS - T0))s"
     else
         log "deploy-test FAILED (step: $CURRENT_STEP) after $((SECONDS - T0))s" >&2
     fi
     exit "$rc"
 }
+exec 3>&1 4>&2
 trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# `deploy-test.sh down`: only remove what a kept (DEPLOY_TEST_KEEP) or
+# interrupted run left. compose interpolates the whole file even for `down`,
+# so the required variables get placeholder values.
+if [[ "${1:-}" == down ]]; then
+    CURRENT_STEP="down only"
+    mkdir -p "$RUN"
+    for var in SIGNING_KEY POSTGRES_PASSWORD RABBITMQ_PASSWORD REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD \
+        DT_IMAGE_POSTGRES DT_IMAGE_RABBITMQ DT_IMAGE_REDIS DT_IMAGE_MAILPIT DT_IMAGE_PROMETHEUS; do
+        export "$var=unused-by-down"
+    done
+    STACK_UP=1
+    exit 0 # on_exit runs teardown
+fi
 
 # ------------------------------------------------------------------- install
 
@@ -185,6 +207,7 @@ if (($(ulimit -Hn) < NOFILE)); then
     die "open-files hard limit $(ulimit -Hn) < $NOFILE (containers.conf default_ulimits)"
 fi
 mkdir -p "$STATE" "$RUN"
+rm -f "$RUN"/*.log "$RUN"/*.err
 need=()
 for pair in podman:podman runc:runc debootstrap:debootstrap catatonit:catatonit \
     /usr/lib/podman/aardvark-dns:aardvark-dns /usr/lib/podman/netavark:netavark; do
@@ -330,30 +353,32 @@ pc config >"$RUN/compose.merged.yml" 2>"$RUN/config.err" ||
 
 # podman runs a container's healthcheck from a systemd timer; without systemd
 # (this machine, CI) nothing runs it and nothing ever gets healthy. Run each
-# running container's compose healthcheck ourselves: every 2 s until it passes
-# once (like start_interval), then at the container's own interval. The
-# retries/start_period bookkeeping is podman's (`podman healthcheck run`).
+# running container's compose healthcheck ourselves, as Docker would: at the
+# container's `interval`, and during its `start_period`, until the first pass,
+# every 2 s (Docker's start_interval; failures there do not count). podman
+# keeps the status: `retries` failures in a row after start_period = unhealthy.
 health_loop() {
-    local id="$1" interval="$2" timeout="$3" passed=0
-    while [[ "$(podman inspect -f '{{.State.Status}}' "$id" 2>/dev/null)" =~ ^(running|created|exited|stopped|configured)$ ]]; do
-        if [[ "$(podman inspect -f '{{.State.Status}}' "$id" 2>/dev/null)" == running ]] &&
-            timeout "$((timeout + 5))" podman healthcheck run "$id" >/dev/null 2>&1; then
+    local id="$1" interval="$2" timeout="$3" start_period="$4" passed=0 state
+    local until=$((SECONDS + start_period))
+    while state="$(podman inspect -f '{{.State.Status}}' "$id" 2>/dev/null)"; do
+        if [[ "$state" == running ]] &&
+            timeout "$((timeout + 10))" podman healthcheck run "$id" >/dev/null 2>&1; then
             passed=1
         fi
-        if ((passed)); then sleep "$interval"; else sleep 2; fi
+        if ((!passed && SECONDS < until)); then sleep 2; else sleep "$interval"; fi
     done
 }
 health_ticker() {
     declare -A seen=()
-    local id interval timeout
+    local id interval timeout start
     while :; do
-        while read -r id interval timeout; do
+        while read -r id interval timeout start; do
             [[ -n "$id" && -n "$interval" && -z "${seen[$id]:-}" ]] || continue
             seen[$id]=1
-            health_loop "$id" "${interval%.*}" "${timeout%.*}" &
+            health_loop "$id" "${interval%.*}" "${timeout%.*}" "${start%.*}" &
         done < <(podman ps --filter "$LABEL" --format '{{.ID}}' 2>/dev/null |
             xargs -r podman inspect -f \
-                '{{.Id}} {{if .Config.Healthcheck}}{{.Config.Healthcheck.Interval.Seconds}} {{.Config.Healthcheck.Timeout.Seconds}}{{end}}' \
+                '{{.Id}} {{if .Config.Healthcheck}}{{.Config.Healthcheck.Interval.Seconds}} {{.Config.Healthcheck.Timeout.Seconds}} {{.Config.Healthcheck.StartPeriod.Seconds}}{{end}}' \
                 2>/dev/null)
         sleep 1
     done
