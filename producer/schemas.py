@@ -3,6 +3,7 @@ from these). Unknown fields are rejected, so a typo is a 422 naming it."""
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
@@ -34,10 +35,12 @@ def _distinct(values: Any) -> Any:
     """Each status once: a list of 400,000 copies is one status, not 400,000
     SQL parameters; more distinct values than there are statuses is refused
     in one error, not one per value."""
-    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+    if not isinstance(values, list):
+        return values
+    with contextlib.suppress(TypeError):  # unhashable values: pydantic names each
         values = list(dict.fromkeys(values))
-        if len(values) > len(STATUSES):
-            raise ValueError(f"at most {len(STATUSES)} statuses, of {', '.join(STATUSES)}")
+    if len(values) > len(STATUSES):
+        raise ValueError(f"at most {len(STATUSES)} statuses, of {', '.join(STATUSES)}")
     return values
 
 
