@@ -74,7 +74,9 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         # Starlette lists only the methods of the one route it matched; a path
         # such as /v1/batches has a GET route and a POST route.
         allowed: set[str] = set()
-        for route in app.routes:
+        # The API's routes are not in app.routes themselves: FastAPI keeps an
+        # included router behind one wrapper route.
+        for route in [*app.routes, *router.routes]:
             if not isinstance(route, Route) or not route.methods:
                 continue
             if route.path_regex.match(request.url.path):
