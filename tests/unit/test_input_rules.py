@@ -158,6 +158,14 @@ def test_ids_are_integers_not_booleans_or_strings(api, body, field) -> None:
     assert field_of(api.post("/v1/batches", json=body)) == field
 
 
+def test_a_list_of_bad_ids_is_one_error_naming_the_first(api) -> None:
+    ids = ["x"] * 300_000
+    body = {"action": "deactivate_learner", "selection": {"learner_ids": [5, 0, *ids]}}
+    refused = api.post("/v1/batches", json=body)
+    assert field_of(refused) == "selection.learner_ids.learner_ids.1"
+    assert len(refused.json()["detail"]) == 1
+
+
 # 24
 
 
