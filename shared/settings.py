@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_active_batches_per_school: int = Field(default=10, ge=1)
     # Learners one school may select in any hour (sum of its batches' totals),
     # so one token cannot fill the database with batches that finish at once.
-    selected_learners_per_hour: int = Field(default=5_000_000, ge=1)
+    selected_learners_per_hour: int = Field(default=10_000_000, ge=1)
     # Workers' and the reconciler's Prometheus endpoint. Two worker pools on one
     # host need two ports (each gets its own multiprocess directory too).
     # Transient failures: retries with exponential backoff (milliseconds).
