@@ -4,7 +4,6 @@ submit and watch batches, seed, migrate, and the embedded demo."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -243,8 +242,7 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    redaction.install()
+    redaction.configure_logging()
     console.print(f"reconciling every {settings.reconcile_interval_seconds}s")
     reconciler.run(sessions, publisher, settings, sender, stop)
 
