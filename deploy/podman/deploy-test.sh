@@ -135,7 +135,13 @@ teardown() {
     stop_jobs
     ((STACK_UP)) || [[ -n "$(project_leftovers)" ]] || return 0
     log "==> podman-compose down -v"
-    local t=$SECONDS
+    local t=$SECONDS var
+    # compose interpolates the whole file even for `down`: placeholders for
+    # whatever is not set yet (leftovers of an earlier run, `deploy-test.sh down`).
+    for var in SIGNING_KEY POSTGRES_PASSWORD RABBITMQ_PASSWORD REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD \
+        DT_IMAGE_POSTGRES DT_IMAGE_RABBITMQ DT_IMAGE_REDIS DT_IMAGE_MAILPIT DT_IMAGE_PROMETHEUS; do
+        [[ -n "${!var:-}" ]] || export "$var=unused-by-down"
+    done
     pc down -v >"$RUN/down.log" 2>&1 || { cat "$RUN/down.log"; log "podman-compose down failed"; }
     left="$(project_leftovers)"
     if [[ -n "$left" ]]; then
@@ -186,15 +192,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # `deploy-test.sh down`: only remove what a kept (DEPLOY_TEST_KEEP) or
-# interrupted run left. compose interpolates the whole file even for `down`,
-# so the required variables get placeholder values.
+# interrupted run left.
 if [[ "${1:-}" == down ]]; then
     CURRENT_STEP="down only"
     mkdir -p "$RUN"
-    for var in SIGNING_KEY POSTGRES_PASSWORD RABBITMQ_PASSWORD REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD \
-        DT_IMAGE_POSTGRES DT_IMAGE_RABBITMQ DT_IMAGE_REDIS DT_IMAGE_MAILPIT DT_IMAGE_PROMETHEUS; do
-        export "$var=unused-by-down"
-    done
     STACK_UP=1
     exit 0 # on_exit runs teardown
 fi
