@@ -201,22 +201,29 @@ def worker(
         raise typer.BadParameter(f"unknown queues {sorted(unknown)}; known: {QUEUES}")
     _require_broker("worker")
     os.environ.update(worker_metrics_env())
-    argv = [
+    argv = dramatiq_command("--processes", str(processes), "--threads", str(threads))
+    if queues:
+        argv += ["--queues", *queues]
+    os.execv(sys.executable, argv)
+
+
+def dramatiq_command(*arguments: str) -> list[str]:
+    """Dramatiq's CLI on the worker entry point (`workers.runtime:start_worker`)."""
+    return [
         sys.executable,
         "-m",
         "dramatiq",
         "workers.runtime:start_worker",
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
+        *arguments,
         # Let a worker finish its current learner on SIGTERM.
         "--worker-shutdown-timeout",
         "60000",
+        # Dramatiq starts the metrics exposition server only once every worker
+        # process has booted, and gives up silently after this long (30 s by
+        # default, which a loaded node exceeds): then /metrics never answers.
+        "--worker-fork-timeout",
+        "600000",
     ]
-    if queues:
-        argv += ["--queues", *queues]
-    os.execv(sys.executable, argv)
 
 
 @app.command()

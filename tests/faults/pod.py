@@ -7,21 +7,13 @@ from __future__ import annotations
 import os
 import sys
 
-from batchctl.cli import worker_metrics_env
+from batchctl.cli import dramatiq_command, worker_metrics_env
 
 
 def main() -> None:
     os.environ.update(worker_metrics_env())
     modules = [m for m in os.environ.get("FAULTS_WORKER_MODULES", "").split(",") if m]
-    argv = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "workers.runtime:start_worker",
-        *modules,
-        *sys.argv[1:],
-    ]
-    os.execv(sys.executable, [*argv, "--worker-shutdown-timeout", "60000"])
+    os.execv(sys.executable, dramatiq_command(*modules, *sys.argv[1:]))
 
 
 if __name__ == "__main__":
