@@ -345,8 +345,32 @@ def _seconds(value: Any) -> float:
     return total
 
 
+# Compose variables that hold a secret: required (`${VAR:?...}`), never given a
+# default a deployment could silently run with.
+COMPOSE_SECRETS = (
+    "SIGNING_KEY",
+    "POSTGRES_PASSWORD",
+    "RABBITMQ_PASSWORD",
+    "REDIS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+
+
+def check_compose_secrets(text: str, where: str, r: Report) -> None:
+    for name in COMPOSE_SECRETS:
+        if re.search(r"\$\{" + name + r":?-", text):
+            r.error(where, f"${{{name}}} has a default; require it: ${{{name}:?...}}")
+        if not re.search(r"\$\{" + name + r":\?", text):
+            r.error(where, f"${{{name}}} is not required (${{{name}:?...}})")
+    if "--web.enable-lifecycle" in text:
+        r.error(where, "Prometheus' lifecycle API is on (--web.enable-lifecycle)")
+    if "--requirepass" not in text:
+        r.error(where, "Redis runs without a password (--requirepass)")
+
+
 def check_compose(deploy: Path, r: Report) -> None:
     where = "docker-compose.yml"
+    check_compose_secrets((deploy / where).read_text(), where, r)
     compose = load_yaml(deploy / where)
     services: dict[str, Any] = compose.get("services") or {}
     volumes = set((compose.get("volumes") or {}).keys())

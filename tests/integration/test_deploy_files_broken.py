@@ -42,6 +42,15 @@ BROKEN = [
         "compose: compose-spec JSON schema",
     ),
     (
+        "compose-secret-with-a-default",
+        replace(
+            "docker-compose.yml",
+            "${SIGNING_KEY:?set SIGNING_KEY (32+ bytes), e.g. openssl rand -hex 32}",
+            "${SIGNING_KEY:-dev-only-signing-key-change-me}",
+        ),
+        "compose: services, mounts, depends_on, env",
+    ),
+    (
         "compose-worker-grace-too-short",
         replace("docker-compose.yml", "stop_grace_period: 75s", "stop_grace_period: 10s"),
         "compose: services, mounts, depends_on, env",
