@@ -407,12 +407,20 @@ class AuditEntry(Base):
     stays pseudonymous once a deleted learner's PII is purged."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_school_learner", "school_id", "learner_id"),)
+    # The API's keyset order is (school, id DESC), alone or within a learner
+    # or a batch (`producer/audit.py`); each is an index lookup then.
+    __table_args__ = (
+        Index("ix_audit_log_school_learner", "school_id", "learner_id", "id"),
+        Index("ix_audit_log_school_id", "school_id", "id"),
+        Index("ix_audit_log_batch_id", "batch_id", "id"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     school_id: Mapped[int] = _school_fk()
     actor_id: Mapped[int | None] = mapped_column(BigInteger)
     learner_id: Mapped[int | None] = mapped_column(BigInteger)
     batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The API token a `token.*` event is about (`shared/audit.py`).
+    token_id: Mapped[int | None] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(32))
