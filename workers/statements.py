@@ -167,27 +167,51 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A batch's statement and the parameters every learner of it shares;
-    per learner only the learner id (and a resend's token) is added."""
+    """A batch's statement with what every learner of it shares written in
+    as literals, so that per learner only the learner id (and a resend's
+    token) travels as a parameter: dumping the twenty shared values for
+    every learner cost the worker about 11 us each time."""
 
     sql: str
-    params: dict[str, Any]
+
+
+# Per learner; every other parameter is the batch's and written in.
+PER_LEARNER = ("learner", "token")
 
 
 def prepare(ctx: BatchContext, grace_seconds: float) -> Prepared:
     action = Action(ctx.action)
     sql, constants = compiled(action)
-    params = {
+    values = {
         **constants,
-        "batch": Int8(ctx.batch_id),
-        "school": Int8(ctx.school_id),
-        "actor": None if ctx.actor_id is None else Int8(ctx.actor_id),
+        "batch": ctx.batch_id,
+        "school": ctx.school_id,
+        "actor": ctx.actor_id,
         "action": action.value,
         "targets": [int(t) for t in ctx.params.get(action.param_name or "", [])],
         "grace": timedelta(seconds=grace_seconds),
-        "token": None,
     }
-    return Prepared(sql, params)
+    written = {name: _sql_literal(value) for name, value in values.items()}
+    written.update({name: f"%({name})s" for name in PER_LEARNER})
+    return Prepared(sql % written)
+
+
+def _sql_literal(value: Any) -> str:
+    """A batch constant as SQL. Only whole numbers, id lists, intervals and
+    the rules' own status and reason names (never user input) reach here."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, timedelta):
+        return f"make_interval(secs => {value.total_seconds()!r})"
+    if isinstance(value, list):
+        return "ARRAY[{}]".format(", ".join(str(int(v)) for v in value))
+    if isinstance(value, str):
+        return "'{}'".format(value.replace("'", "''"))
+    raise TypeError(f"no SQL literal for a {type(value).__name__}")
 
 
 class Connections:
@@ -222,7 +246,9 @@ def run(
     """Apply the batch's action to one learner; None if the item is not
     pending or the batch is not running. Driver errors are raised as
     SQLAlchemy's, so `workers.errors` classifies them as on the generic path."""
-    params = {**prepared.params, "learner": Int8(learner_id), "token": token}
+    params: dict[str, Any] = {"learner": Int8(learner_id)}
+    if token is not None:
+        params["token"] = token
     connection = None
     try:
         connection = connections.get()
