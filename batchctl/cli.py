@@ -268,10 +268,14 @@ def submit(
     course_ids: str = typer.Option(None, help="add_to_course: the courses."),
     dry_run: bool = typer.Option(False, help="Only count what would happen."),
     watch: bool = typer.Option(False, help="Follow progress until the batch ends."),
+    yes: bool = typer.Option(
+        False, "--yes", help="Deactivate or delete over a filter without asking to confirm."
+    ),
     url: str = ApiUrl,
     api_token: str = ApiToken,
 ) -> None:
-    """Submit a batch action."""
+    """Submit a batch action. To deactivate or delete over a filter it shows
+    the dry run's count and asks to confirm first (--yes does not ask)."""
     from producer.client import ApiError
 
     ids = _ids(learner_ids) + (_ids(ids_file.read_text()) if ids_file else [])
@@ -306,7 +310,12 @@ def submit(
         params["course_ids"] = _ids(course_ids)
     with _client(url, api_token) as client:
         try:
-            view = client.submit(action, selection, params, dry_run=dry_run)
+            expected = None
+            if not dry_run and _needs_confirmation(action, selection):
+                expected = _confirmed_count(client, action, selection, params, yes)
+            view = client.submit(
+                action, selection, params, dry_run=dry_run, expected_total=expected
+            )
         except ApiError as exc:
             _fail(exc)
         if dry_run:
@@ -319,6 +328,42 @@ def submit(
                 watch_batch(console, client, view["id"])
             except ApiError as exc:
                 _fail(exc)
+
+
+def _needs_confirmation(action: str, selection: dict) -> bool:
+    """Deactivate or delete over anything but explicit ids: an empty filter is
+    the whole school (the API wants the confirmed count, `expected_total`)."""
+    known = action in Action.__members__.values()
+    return known and Action(action).destructive and "learner_ids" not in selection
+
+
+def _interactive() -> bool:
+    """Whether someone can answer a question (looked up at each call: tests
+    swap sys.stdin)."""
+    return sys.stdin.isatty()
+
+
+def _confirmed_count(client, action: str, selection: dict, params: dict, yes: bool) -> int:
+    """The dry run's count, shown, and confirmed by the admin (or by --yes);
+    the submit carries it, so a selection that changed meanwhile creates
+    nothing. Without a terminal and without --yes nothing is submitted."""
+    dry = client.submit(action, selection, params, dry_run=True)
+    total = dry["total"]
+    print_counts(console, dry, title=f"dry run: {action} on {total:,} learners")
+    if yes or total == 0:  # nothing selected: the API says so
+        return total
+    if not _interactive():
+        console.print(
+            f"[red]error:[/] {action} would act on {total:,} learners and there is no "
+            "terminal to confirm on; pass --yes to submit without asking",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    verb = action.removesuffix("_learner").capitalize()
+    if not typer.confirm(f"{verb} {total:,} learners?", default=False, err=True):
+        console.print("nothing submitted")
+        raise typer.Exit(1)
+    return total
 
 
 @app.command()
@@ -373,6 +418,34 @@ def cancel(batch_id: int = typer.Argument(...), url: str = ApiUrl, api_token: st
         except ApiError as exc:
             _fail(exc)
         console.print(f"batch {batch_id} is {view['status']}")
+
+
+@app.command()
+def retry(
+    batch_id: int = typer.Argument(...),
+    watch: bool = typer.Option(False, "--watch", help="Follow progress until the retry ends."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Retry a finished batch's failed learners as a new batch (same action and
+    params; its `retry_of` names the original)."""
+    from producer.client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            view = client.retry(batch_id)
+        except ApiError as exc:
+            _fail(exc)
+        console.print(
+            f"batch [bold]{view['id']}[/] {view['action']}: retries {view['total']:,} "
+            f"failed learners of batch {batch_id}"
+        )
+        typer.echo(json.dumps({"id": view["id"], "status": view["status"], "retry_of": batch_id}))
+        if watch:
+            try:
+                watch_batch(console, client, view["id"])
+            except ApiError as exc:
+                _fail(exc)
 
 
 @app.command()

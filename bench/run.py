@@ -273,12 +273,22 @@ class Bench:
         if action == "resend_invitation":
             return {"action": action, "selection": {"all_not_activated": True}, "params": {}}
         if action == "deactivate_learner":
-            return {"action": action, "selection": everyone, "params": {}}
-        return {
-            "action": action,
-            "selection": {"filter": {"status": ["deactivated", "active", "invited"]}},
-            "params": {},
-        }
+            return self.confirmed({"action": action, "selection": everyone, "params": {}})
+        return self.confirmed(
+            {
+                "action": action,
+                "selection": {"filter": {"status": ["deactivated", "active", "invited"]}},
+                "params": {},
+            }
+        )
+
+    def confirmed(self, body: dict) -> dict:
+        """Deactivate and delete over a filter carry the dry run's count
+        (`expected_total`), as an admin confirms it; counted before the timing."""
+        response = self.http.post("/v1/batches", json={**body, "dry_run": True})
+        if response.status_code != 200:
+            raise RuntimeError(f"dry run refused: {response.status_code} {response.text}")
+        return {**body, "expected_total": response.json()["total"]}
 
     def submit(self, body: dict) -> int:
         response = self.http.post("/v1/batches", json=body)

@@ -94,7 +94,9 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
             detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
             return JSONResponse({"detail": detail}, status_code=422)
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+        return JSONResponse(
+            {"detail": exc.message, **exc.extra}, status_code=exc.status, headers=headers
+        )
 
     @app.middleware("http")
     async def count_and_log_requests(request: Request, call_next):

@@ -90,9 +90,12 @@ class BatchClient:
         params: dict | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        expected_total: int | None = None,
     ) -> dict:
         """Submit a batch. A key is generated when none is given, so a retried
-        call after a timeout cannot create a second batch."""
+        call after a timeout cannot create a second batch. `expected_total`
+        (a dry run's `total`) is required to deactivate or delete over a
+        filter: a different count is a 409 and nothing is created."""
         key = idempotency_key or str(uuid.uuid4())
         body = {
             "action": action,
@@ -100,7 +103,16 @@ class BatchClient:
             "selection": selection,
             "dry_run": dry_run,
         }
+        if expected_total is not None:
+            body["expected_total"] = expected_total
         return self._call("POST", "/v1/batches", json=body, headers={"Idempotency-Key": key})
+
+    def retry(self, batch_id: int, idempotency_key: str | None = None) -> dict:
+        """A new batch of `batch_id`'s failed learners (its view names the
+        original in `retry_of`). A key is generated when none is given, as
+        for `submit`."""
+        key = idempotency_key or str(uuid.uuid4())
+        return self._call("POST", f"/v1/batches/{batch_id}/retry", headers={"Idempotency-Key": key})
 
     def batch(self, batch_id: int) -> dict:
         return self._call("GET", f"/v1/batches/{batch_id}")

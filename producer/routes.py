@@ -13,12 +13,14 @@ from producer.access import access
 from producer.auth import reader, writer
 from producer.deps import RuntimeDep, get_session
 from producer.idempotency import hashed
+from producer.retry import retry_failed
 from producer.schemas import (
     MAX_ID,
     AccessView,
     BatchList,
     BatchRequest,
     BatchView,
+    Conflict,
     Counts,
     DryRunView,
     ItemPage,
@@ -31,11 +33,12 @@ from producer.schemas import (
     SearchText,
 )
 from producer.selection import filter_conditions, shown_status
-from producer.submit import dry_run, submit
+from producer.submit import Submitted, dry_run, submit
 from producer.views import batch_view
 from shared.actions import Actor
 from shared.batches import CancelReason, request_cancel
 from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, Group, Learner, LearnerStatus
+from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 Reader = Annotated[Actor, Depends(reader)]
@@ -77,7 +80,11 @@ def _batch(session: Session, actor: Actor, batch_id: int) -> Batch:
         **ERRORS,
         200: {"model": DryRunView, "description": "Dry run: the counts each outcome would have."},
         400: {"model": Problem, "description": "The body is not JSON."},
-        409: {"model": Problem, "description": "Idempotency-Key reused with another body."},
+        409: {
+            "model": Conflict,
+            "description": "Idempotency-Key reused with another body; or `expected_total` "
+            "is not the selection's count (which `total` gives): nothing was created.",
+        },
         413: {"model": Problem, "description": "Too many explicit learner ids."},
     },
 )
@@ -204,6 +211,57 @@ def cancel_batch(
     if dispatcher is not None:
         dispatcher.wake()
     return batch_view(session, batch, runtime.progress)
+
+
+@router.post(
+    "/batches/{batch_id}/retry",
+    status_code=202,
+    response_model=BatchView,
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        409: {
+            "model": Problem,
+            "description": "Nothing failed, the batch is still running, or the "
+            "Idempotency-Key was used for another request.",
+        },
+    },
+)
+def retry_batch(
+    batch_id: BatchId,
+    request: Request,
+    response: Response,
+    actor: Writer,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+):
+    """A new batch of the learners whose items ended `failed`: same action and
+    params, `retry_of` naming this batch."""
+    settings = runtime.settings
+    retried = retry_failed(
+        session,
+        actor,
+        batch_id,
+        hashed(idempotency_key, settings),
+        settings.max_active_batches_per_school,
+        settings.selected_learners_per_hour,
+    )
+    session.commit()
+    return _accepted(request, response, session, runtime, retried)
+
+
+def _accepted(
+    request: Request, response: Response, session: Session, runtime: Runtime, made: Submitted
+) -> BatchView:
+    """A new (or replayed) batch's answer: dispatch woken, Location set."""
+    if made.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+    response.headers["Location"] = f"/v1/batches/{made.batch.id}"
+    return batch_view(session, made.batch, runtime.progress)
 
 
 @router.get(

@@ -131,6 +131,15 @@ class BatchRequest(Strict):
     params: BatchParams = Field(default_factory=BatchParams)
     selection: Selection
     dry_run: bool = False
+    expected_total: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_ID,
+        strict=True,
+        description="The learner count a dry run of this body answered (`total`). Required "
+        "for deactivate_learner and delete_learner unless the selection is `learner_ids`; "
+        "if the frozen selection has another count the answer is 409 and nothing is created.",
+    )
 
 
 class Counts(BaseModel):
@@ -159,6 +168,11 @@ class BatchView(BaseModel):
         default=None,
         description="Why it was cancelled: `cancelled_by_admin` (the cancel endpoint) or "
         "`admin_lost_access` (its admin was deactivated or deleted).",
+    )
+    retry_of: int | None = Field(
+        default=None,
+        description="The batch whose failed learners this batch retries "
+        "(`POST /v1/batches/{id}/retry`).",
     )
 
 
@@ -208,3 +222,15 @@ class AccessView(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+# Rails on destructive actions and retries (issue #14 sections 3 and 5).
+
+
+class Conflict(Problem):
+    """409: the request conflicts with what is stored. A destructive submit
+    whose selection no longer has the count the admin confirmed also says
+    both counts (nothing was created; run the dry run again)."""
+
+    total: int | None = Field(default=None, description="How many learners the selection has now.")
+    expected_total: int | None = Field(default=None, description="The count the request carried.")

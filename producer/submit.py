@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,11 +35,18 @@ class SubmitError(Exception):
     """A request the API refuses; `status` is the HTTP code, `field` the body path."""
 
     def __init__(
-        self, status: int, field: str | None, message: str, retry_after: int | None = None
+        self,
+        status: int,
+        field: str | None,
+        message: str,
+        retry_after: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.field, self.message = status, field, message
         self.retry_after = retry_after
+        # More of the answer's body, beside `detail` (a 409's real count).
+        self.extra = extra or {}
 
 
 @dataclass
@@ -51,7 +59,11 @@ class Submitted:
 def request_hash(request: BatchRequest) -> str:
     """The body's fingerprint for Idempotency-Key. Every list in a request is
     a set (ids, statuses), so `[61, 60]` and `[60, 61, 60]` are one body."""
-    body = json.dumps(_as_sets(_plain(request)), sort_keys=True, separators=(",", ":"))
+    plain = _plain(request)
+    if plain.get("expected_total") is None:
+        # As before the field existed: a retry across the upgrade still matches.
+        plain.pop("expected_total", None)
+    body = json.dumps(_as_sets(plain), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -134,46 +146,119 @@ def submit(
         idempotency_key.body_fingerprints(request_hash(request)) if idempotency_key else ()
     )
     if idempotency_key:
-        existing = _by_key(session, actor, idempotency_key)
+        existing = by_key(session, actor, idempotency_key)
         if existing is not None:
-            return _replay(existing, fingerprints)
+            return replay(existing, fingerprints)
+    check_expected_total_given(request)
     params = params_for(session, actor, request)
+    admit(session, actor, max_active_batches, learners_per_hour)
+    created = new_batch(
+        session,
+        actor,
+        idempotency_key,
+        fingerprints,
+        action=request.action.value,
+        params=params,
+        selection=_selection_summary(request),
+    )
+    if isinstance(created, Submitted):
+        return created
+    batch = created
+    total, not_found = freeze_selection(session, batch.id, actor, request.selection)
+    if total == 0:
+        raise SubmitError(422, "selection", "the selection matches no learners; nothing to do")
+    check_expected_total(request, total)
+    batch.total = total
+    session.flush()
+    check_quota_with_batch(session, actor, learners_per_hour)
+    return Submitted(batch, not_found=not_found)
+
+
+def check_quota_with_batch(session: Session, actor: Actor, learners_per_hour: int | None) -> None:
+    """After freezing (the new batch's total flushed): the hourly quota with
+    this batch's learners counted."""
+    if learners_per_hour is not None:
+        _check_hourly_quota(session, actor, learners_per_hour, adding=0)
+
+
+def admit(
+    session: Session,
+    actor: Actor,
+    max_active_batches: int | None,
+    learners_per_hour: int | None,
+) -> None:
+    """The limits every new batch passes (a submit, a retry), under the
+    school's lock until commit."""
     _lock_school(session, actor)
     if max_active_batches is not None:
         _check_running_cap(session, actor, max_active_batches)
     if learners_per_hour is not None:
         # Refused before freezing when the quota is already spent.
         _check_hourly_quota(session, actor, learners_per_hour, adding=1)
+
+
+def new_batch(
+    session: Session,
+    actor: Actor,
+    idempotency_key: IdempotencyKey | None,
+    fingerprints: tuple[str, ...],
+    **columns: Any,
+) -> Batch | Submitted:
+    """Insert the running batch row (no items yet); or, when a concurrent
+    request with the same Idempotency-Key won the race, that request's batch
+    as a replay."""
     try:
         with session.begin_nested():
             batch = Batch(
                 school_id=actor.school_id,
                 actor_id=actor.admin_id,
-                action=request.action.value,
-                params=params,
-                selection=_selection_summary(request),
                 status=BatchStatus.RUNNING,
                 idempotency_key=idempotency_key.stored if idempotency_key else None,
                 request_hash=fingerprints[0] if fingerprints else None,
                 started_at=now(),
+                **columns,
             )
             session.add(batch)
             session.flush()
     except IntegrityError:
         # Another request with this key won the race; without a key, or with
         # no batch under it, the conflict is something else.
-        winner = _by_key(session, actor, idempotency_key) if idempotency_key else None
+        winner = by_key(session, actor, idempotency_key) if idempotency_key else None
         if winner is None:
             raise
-        return _replay(winner, fingerprints)
-    total, not_found = freeze_selection(session, batch.id, actor, request.selection)
-    if total == 0:
-        raise SubmitError(422, "selection", "the selection matches no learners; nothing to do")
-    batch.total = total
-    session.flush()
-    if learners_per_hour is not None:
-        _check_hourly_quota(session, actor, learners_per_hour, adding=0)
-    return Submitted(batch, not_found=not_found)
+        return replay(winner, fingerprints)
+    return batch
+
+
+def needs_expected_total(request: BatchRequest) -> bool:
+    """A destructive action over a filter (or any selection but explicit ids):
+    an empty filter is the whole school, so the admin must have seen the count."""
+    return request.action.destructive and not isinstance(request.selection, LearnerIdsSelection)
+
+
+def check_expected_total_given(request: BatchRequest) -> None:
+    if needs_expected_total(request) and request.expected_total is None:
+        raise SubmitError(
+            422,
+            "expected_total",
+            f"{request.action} over a filter needs expected_total: run a dry run first "
+            "(dry_run: true) and send the total it answered, once the admin confirmed it",
+        )
+
+
+def check_expected_total(request: BatchRequest, total: int) -> None:
+    """After freezing, in the batch's transaction: a different count rolls the
+    batch and its items back."""
+    expected = request.expected_total
+    if expected is None or expected == total:
+        return
+    raise SubmitError(
+        409,
+        "expected_total",
+        f"the selection has {total:,} learners now, not the {expected:,} of expected_total; "
+        "nothing was created: run the dry run again and confirm its count",
+        extra={"total": total, "expected_total": expected},
+    )
 
 
 def _lock_school(session: Session, actor: Actor) -> None:
@@ -240,7 +325,7 @@ def _check_running_cap(session: Session, actor: Actor, cap: int) -> None:
         )
 
 
-def _by_key(session: Session, actor: Actor, key: IdempotencyKey) -> Batch | None:
+def by_key(session: Session, actor: Actor, key: IdempotencyKey) -> Batch | None:
     return session.scalar(
         select(Batch).where(
             Batch.school_id == actor.school_id, Batch.idempotency_key.in_(key.accepted)
@@ -248,7 +333,7 @@ def _by_key(session: Session, actor: Actor, key: IdempotencyKey) -> Batch | None
     )
 
 
-def _replay(batch: Batch, fingerprints: tuple[str, ...]) -> Submitted:
+def replay(batch: Batch, fingerprints: tuple[str, ...]) -> Submitted:
     if batch.request_hash not in fingerprints:
         raise SubmitError(
             409,

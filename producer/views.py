@@ -55,4 +55,5 @@ def batch_view(session: Session, batch: Batch, progress: Progress) -> BatchView:
         started_at=_aware(batch.started_at),
         finished_at=_aware(batch.finished_at),
         cancel_reason=batch.cancel_reason,
+        retry_of=batch.retry_of,
     )

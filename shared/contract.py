@@ -28,6 +28,13 @@ class Action(enum.StrEnum):
         """The one list parameter the action takes, if any."""
         return {Action.ADD_TO_GROUP: "group_ids", Action.ADD_TO_COURSE: "course_ids"}.get(self)
 
+    @property
+    def destructive(self) -> bool:
+        """Takes access away from everyone selected: over a filter (which an
+        empty filter makes the whole school) a submit must carry the count
+        the admin confirmed, `expected_total` (docs/CONTRACT.md)."""
+        return self in (Action.DEACTIVATE_LEARNER, Action.DELETE_LEARNER)
+
 
 FINALIZE_DELETION_QUEUE = "finalize_deletion"
 QUEUES = [a.queue for a in Action] + [FINALIZE_DELETION_QUEUE]

@@ -379,6 +379,10 @@ class Batch(Base):
     finished_at: Mapped[datetime | None]
     # Why a batch was cancelled (`shared.batches.CancelReason`); None otherwise.
     cancel_reason: Mapped[str | None] = mapped_column(String(32))
+    # The batch whose failed items this one retries (POST /v1/batches/{id}/retry).
+    retry_of: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("batches.id", ondelete="SET NULL")
+    )
 
 
 class BatchItem(Base):

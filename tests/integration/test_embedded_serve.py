@@ -62,6 +62,10 @@ def test_an_embedded_serve_completes_a_batch_submitted_over_http(tmp_path):
         wait_until(lambda: http_ok(f"{base}/readyz"), 60, "the embedded producer", serve)
         auth = {"Authorization": f"Bearer {seeded['token']}"}
         body = {"action": "deactivate_learner", "selection": {"filter": {"status": ["active"]}}}
+        dry = httpx.post(
+            f"{base}/v1/batches", json={**body, "dry_run": True}, headers=auth, timeout=10
+        )
+        body["expected_total"] = dry.json()["total"]
         batch = httpx.post(f"{base}/v1/batches", json=body, headers=auth, timeout=10).json()
 
         def finished():

@@ -90,7 +90,10 @@ def test_a_purged_learner_is_in_no_table_key_log_line_or_message(stack, session,
         assert invited["counts"]["applied"] == 1
         deleted = client.wait(
             client.submit(
-                "delete_learner", {"filter": {"q": email}}, idempotency_key=f"delete {email}"
+                "delete_learner",
+                {"filter": {"q": email}},
+                idempotency_key=f"delete {email}",
+                expected_total=1,
             )["id"]
         )
         assert deleted["counts"]["applied"] == 1

@@ -122,15 +122,6 @@ def test_a_filter_minus_exclusions_is_exactly_the_set_that_gets_items(
         )
         excluded = {ids[i] for i in exclude}
         people = {"status": wanted or None, "group_id": group_id if in_group else None}
-        request = BatchRequest.model_validate(
-            {
-                "action": "deactivate_learner",
-                "selection": {
-                    "filter": {k: v for k, v in people.items() if v is not None},
-                    "exclude_ids": sorted(excluded) + foreign,
-                },
-            }
-        )
         expected = {
             learner_id
             for learner_id, status, member in zip(ids, statuses, members, strict=True)
@@ -141,12 +132,23 @@ def test_a_filter_minus_exclusions_is_exactly_the_set_that_gets_items(
         }
         if not in_group and (not wanted or "active" in wanted):
             expected.add(mine.admin_id)  # the admin is an active learner too
+        # A destructive action over a filter carries the count the admin confirmed.
+        request = BatchRequest.model_validate(
+            {
+                "action": "deactivate_learner",
+                "selection": {
+                    "filter": {k: v for k, v in people.items() if v is not None},
+                    "exclude_ids": sorted(excluded) + foreign,
+                },
+                "expected_total": len(expected),
+            }
+        )
 
         try:
             batch = submit(session, Actor(mine.school_id, mine.admin_id), request).batch
         except SubmitError as refused:
             session.rollback()
-            assert not expected and refused.field == "selection"
+            assert not expected and refused.field == "selection", refused.message
             return
         items = list(
             session.scalars(select(BatchItem.learner_id).where(BatchItem.batch_id == batch.id))

@@ -88,7 +88,11 @@ def test_a_percent_sign_in_the_search_text_is_a_percent_sign(api, session, seede
 
 def test_a_refused_submit_leaves_no_batch(api, session, seeded) -> None:
     before = batches_of(session, seeded)
-    body = {"action": "deactivate_learner", "selection": {"filter": {"q": "no-such-learner"}}}
+    body = {
+        "action": "deactivate_learner",
+        "selection": {"filter": {"q": "no-such-learner"}},
+        "expected_total": 0,
+    }
     assert api.post("/v1/batches", json=body).status_code == 422
     assert batches_of(session, seeded) == before
 

@@ -272,7 +272,11 @@ def test_bad_requests_get_clear_errors_naming_the_field(stack, session, school, 
     nobody = post(
         stack,
         token,
-        {"action": "deactivate_learner", "selection": {"filter": {"q": "no-such-person-anywhere"}}},
+        {
+            "action": "deactivate_learner",
+            "selection": {"filter": {"q": "no-such-person-anywhere"}},
+            "expected_total": 0,
+        },
     )
     assert nobody.status_code == 422 and field_of(nobody) == "selection"
 

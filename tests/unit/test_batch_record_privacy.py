@@ -35,7 +35,11 @@ def learner(session, school):
 
 def test_the_search_text_and_the_key_are_not_stored(session, school, learner):
     api = api_for(school, signing_key=NEW_KEY)
-    body = {"action": "deactivate_learner", "selection": {"filter": {"q": learner.email}}}
+    body = {
+        "action": "deactivate_learner",
+        "selection": {"filter": {"q": learner.email}},
+        "expected_total": 1,
+    }
     key = f"deactivate {learner.email}"
 
     answer = api.post("/v1/batches", json=body, headers={"Idempotency-Key": key})

@@ -55,7 +55,11 @@ def dry_run(selection: dict) -> dict:
 
 def test_a_selection_that_matches_no_one_leaves_no_batch_behind(api, session, school) -> None:
     before = batches_of(session, school)
-    body = {"action": "deactivate_learner", "selection": {"filter": {"q": "nobody-by-this-name"}}}
+    body = {
+        "action": "deactivate_learner",
+        "selection": {"filter": {"q": "nobody-by-this-name"}},
+        "expected_total": 0,
+    }
     refused = api.post("/v1/batches", json=body)
     assert refused.status_code == 422, refused.text
     assert "matches no learners" in refused.json()["detail"][0]["msg"]
