@@ -85,14 +85,45 @@ def seed(
     typer.echo(json.dumps(seeded.as_dict()))
 
 
-@app.command()
+token_app = typer.Typer(
+    help="API tokens: issue one (needs the database), list and revoke (through the API). "
+    "`batchctl token --school-id S --learner-id A` still issues one."
+)
+app.add_typer(token_app, name="token")
+
+
+@token_app.callback(invoke_without_command=True)
 def token(
+    ctx: typer.Context,
+    school_id: int = typer.Option(None, help="The admin's school (the old form of `issue`)."),
+    learner_id: int = typer.Option(None, help="The admin's learner id (the old form of `issue`)."),
+    label: str = typer.Option("", help="A note to recognise the token by."),
+    read_only: bool = typer.Option(False, help="Only the batches:read scope."),
+) -> None:
+    """Without a subcommand, `batchctl token --school-id S --learner-id A`
+    issues a token, as before the subcommands existed."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if school_id is None or learner_id is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+    _issue_token(school_id, learner_id, label, read_only)
+
+
+@token_app.command("issue")
+def token_issue(
     school_id: int = typer.Option(..., help="The admin's school."),
     learner_id: int = typer.Option(..., help="The admin's learner id."),
     label: str = typer.Option("", help="A note to recognise the token by."),
     read_only: bool = typer.Option(False, help="Only the batches:read scope."),
 ) -> None:
-    """Issue an API token for an admin; it is printed once and stored hashed."""
+    """Issue an API token for an admin, printed once and stored hashed.
+
+    Audited as `token.issued` with no actor: an operator issued it."""
+    _issue_token(school_id, learner_id, label, read_only)
+
+
+def _issue_token(school_id: int, learner_id: int, label: str, read_only: bool) -> None:
     from sqlalchemy import select
 
     from producer.tokens import ALL_SCOPES, READ_SCOPE, issue_token
@@ -107,6 +138,40 @@ def token(
             _fail(ValueError(f"learner {learner_id} is not an admin of school {school_id}"))
         scopes = READ_SCOPE if read_only else ALL_SCOPES
         typer.echo(issue_token(session, school_id, learner_id, label=label, scopes=scopes))
+
+
+@token_app.command("list")
+def token_list(
+    include_revoked: bool = typer.Option(False, help="Revoked tokens too."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Your school's API tokens as JSON lines (never a secret)."""
+    from producer.client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            for listed in client.tokens(include_revoked=include_revoked):
+                typer.echo(json.dumps(listed))
+        except ApiError as exc:
+            _fail(exc)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: int = typer.Argument(..., help="The token's id (from `batchctl token list`)."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Revoke one of your school's tokens at once (audited as `token.revoked`)."""
+    from producer.client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            client.revoke_token(token_id)
+        except ApiError as exc:
+            _fail(exc)
+    console.print(f"token {token_id} is revoked")
 
 
 @app.command()
@@ -538,3 +603,48 @@ def dlq_purge(
     for name in queues:
         n = dlq.purge(broker, name, dry_run)
         console.print(f"{name}.XQ: {'would drop' if dry_run else 'dropped'} {n:,}")
+
+
+# --- The audit trail ---
+
+
+@app.command()
+def audit(
+    learner_id: int = typer.Option(None, help="Entries about this learner."),
+    batch_id: int = typer.Option(None, help="Entries of this batch."),
+    actor_id: int = typer.Option(None, help="Entries by this admin."),
+    action: str = typer.Option(
+        None, help="An action (e.g. delete_learner) or an event (e.g. batch.cancelled)."
+    ),
+    since: str = typer.Option(None, help="At or after this moment (ISO 8601)."),
+    until: str = typer.Option(None, help="Before this moment (ISO 8601)."),
+    limit: int = typer.Option(None, min=1, help="At most this many entries (default: all)."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV, the header first, as the API sends it."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Your school's audit trail, newest first, as JSON lines (or --csv)."""
+    from itertools import islice
+
+    from producer.client import ApiError
+
+    filters = {
+        "learner_id": learner_id,
+        "batch_id": batch_id,
+        "actor_id": actor_id,
+        "action": action,
+        "since": since,
+        "until": until,
+    }
+    with _client(url, api_token) as client:
+        try:
+            if as_csv:
+                lines = client.audit_csv(**filters)
+                for line in islice(lines, None if limit is None else limit + 1):
+                    typer.echo(line)
+                return
+            page_size = min(limit or 500, 500)
+            for entry in islice(client.audit(page_size=page_size, **filters), limit):
+                typer.echo(json.dumps(entry))
+        except ApiError as exc:
+            _fail(exc)

@@ -71,6 +71,10 @@ class BatchClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
+        return self._response(method, path, **kwargs).json()
+
+    def _response(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """The answer of a call that succeeded; ApiError otherwise."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as error:
@@ -81,7 +85,7 @@ class BatchClient:
             except ValueError:
                 detail = response.text
             raise ApiError(response.status_code, detail)
-        return response.json()
+        return response
 
     def submit(
         self,
@@ -165,3 +169,46 @@ class BatchClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} still {view['status']} after {timeout}s")
             time.sleep(poll)
+
+    # --- The audit trail and API tokens ---
+
+    def audit(self, page_size: int = 500, **filters) -> Iterator[dict]:
+        """The school's audit trail, newest first, every page of it.
+        `filters`: learner_id, batch_id, actor_id, action, since, until
+        (ISO 8601), cursor."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        while True:
+            page = self._call("GET", "/v1/audit", params={**params, "limit": page_size})
+            yield from page["entries"]
+            if page["next_cursor"] is None:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def audit_csv(self, **filters) -> Iterator[str]:
+        """The same trail as CSV, a line at a time (the header first), read
+        as the API streams it."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        request = self.http.build_request("GET", "/v1/audit", params={**params, "format": "csv"})
+        try:
+            response = self.http.send(request, stream=True)
+        except httpx.TransportError as error:
+            raise ApiUnreachable(self.http.base_url, error) from None
+        try:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    detail = response.json().get("detail")
+                except ValueError:
+                    detail = response.text
+                raise ApiError(response.status_code, detail)
+            yield from response.iter_lines()
+        finally:
+            response.close()
+
+    def tokens(self, include_revoked: bool = False) -> list[dict]:
+        """The school's API tokens (never their secrets)."""
+        params = {"include_revoked": "true"} if include_revoked else {}
+        return self._call("GET", "/v1/tokens", params=params)["tokens"]
+
+    def revoke_token(self, token_id: int) -> None:
+        self._response("DELETE", f"/v1/tokens/{token_id}")

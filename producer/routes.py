@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from producer.access import access
+from producer.audit import AuditQuery, audit_page, csv_lines, next_cursor
 from producer.auth import reader, writer
 from producer.deps import RuntimeDep, get_session
 from producer.idempotency import hashed
@@ -17,6 +18,8 @@ from producer.retry import retry_failed
 from producer.schemas import (
     MAX_ID,
     AccessView,
+    AuditEntryView,
+    AuditPage,
     BatchList,
     BatchRequest,
     BatchView,
@@ -28,14 +31,19 @@ from producer.schemas import (
     LearnerFilter,
     LearnerPage,
     LearnerView,
+    Moment,
     PeopleStatus,
     Problem,
     SearchText,
+    TokenList,
+    TokenView,
 )
 from producer.selection import filter_conditions, shown_status
 from producer.submit import Submitted, dry_run, submit
+from producer.tokens import list_tokens, revoke_token
 from producer.views import batch_view
 from shared.actions import Actor
+from shared.audit import record_submitted
 from shared.batches import CancelReason, request_cancel
 from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, Group, Learner, LearnerStatus
 from shared.runtime import Runtime
@@ -117,6 +125,8 @@ def create_batch(
         settings.max_active_batches_per_school,
         settings.selected_learners_per_hour,
     )
+    if not submitted.replayed:
+        record_submitted(session, actor.school_id, submitted.batch.id, actor.admin_id)
     session.commit()
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -204,7 +214,7 @@ def cancel_batch(
     batch = _batch(session, actor, batch_id)
     if batch.status in FINISHED_BATCH_STATUSES:
         raise HTTPException(409, f"batch {batch_id} is {batch.status}; nothing to cancel")
-    request_cancel(session, batch_id, CancelReason.BY_ADMIN)
+    request_cancel(session, batch_id, CancelReason.BY_ADMIN, actor_id=actor.admin_id)
     session.commit()
     session.refresh(batch)
     dispatcher = getattr(request.app.state, "dispatcher", None)
@@ -321,3 +331,104 @@ def learner_access(learner_id: LearnerIdPath, actor: Reader, session: SessionDep
         course_ids=sorted(granted.course_ids),
         learning_path_ids=sorted(granted.learning_path_ids),
     )
+
+
+# --- The audit trail (GET /v1/audit) and API tokens (GET|DELETE /v1/tokens) ---
+
+CSV_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The page as JSON; with `Accept: text/csv` or `?format=csv`, every "
+        "matching entry from the cursor on, as CSV (a header line, then one entry a line).",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def wants_csv(request: Request, format: str | None) -> bool:
+    if format is not None:
+        return format == "csv"
+    return "text/csv" in request.headers.get("accept", "")
+
+
+@router.get("/audit", response_model=AuditPage, responses={**ERRORS, **CSV_ANSWER})
+def read_audit(
+    request: Request,
+    actor: Reader,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    learner_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    actor_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="The admin who acted.")
+    ] = None,
+    action: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z_.]{1,32}$",
+            description="A batch action, `finalize_deletion`, or an event such as "
+            "`batch.cancelled` or `token.revoked`.",
+        ),
+    ] = None,
+    since: Annotated[Moment | None, Query(description="At or after this moment.")] = None,
+    until: Annotated[Moment | None, Query(description="Before this moment.")] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+    format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+):
+    """The school's audit trail, newest first: every learner's outcomes,
+    purges, batches submitted, cancelled (by whom, why) and finished, tokens
+    issued and revoked. Learners appear by id only. Another school's ids
+    match nothing."""
+    query = AuditQuery(
+        school_id=actor.school_id,
+        learner_id=learner_id,
+        batch_id=batch_id,
+        actor_id=actor_id,
+        action=action,
+        since=since,
+        until=until,
+        cursor=cursor,
+    )
+    if wants_csv(request, format):
+        return StreamingResponse(
+            csv_lines(runtime.sessions, query),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+        )
+    rows = audit_page(session, query, limit)
+    return AuditPage(
+        entries=[AuditEntryView.model_validate(row, from_attributes=True) for row in rows],
+        next_cursor=next_cursor(rows, limit),
+    )
+
+
+TokenId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+@router.get("/tokens", response_model=TokenList, responses=ERRORS)
+def read_tokens(
+    actor: Reader,
+    session: SessionDep,
+    include_revoked: Annotated[bool, Query(description="Revoked tokens too.")] = False,
+):
+    """The school's API tokens, newest first; never the secret or its hash."""
+    return TokenList(
+        tokens=[
+            TokenView(**vars(token))
+            for token in list_tokens(session, actor.school_id, include_revoked)
+        ]
+    )
+
+
+@router.delete(
+    "/tokens/{token_id}",
+    status_code=204,
+    responses={**ERRORS, 404: {"model": Problem, "description": "No such token in your school."}},
+)
+def delete_token(token_id: TokenId, actor: Writer, session: SessionDep) -> Response:
+    """Revoke a token of the school at once (audited as `token.revoked`);
+    revoking a revoked token is a no-op."""
+    if not revoke_token(session, actor.school_id, token_id, revoked_by=actor.admin_id):
+        raise HTTPException(404, f"no token {token_id} in your school")
+    session.commit()
+    return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -234,3 +234,60 @@ class Conflict(Problem):
 
     total: int | None = Field(default=None, description="How many learners the selection has now.")
     expected_total: int | None = Field(default=None, description="The count the request carried.")
+
+
+# --- The audit trail and API tokens (GET /v1/audit, GET|DELETE /v1/tokens) ---
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A moment to compare stored UTC times with: one without an offset is
+    taken as UTC; one that has no UTC equivalent (year 1 with a positive
+    offset) is a 422, not a 500 when it is bound."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+
+
+Moment = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+class AuditEntryView(BaseModel):
+    """One entry of the trail. `action` is a batch action for a learner's
+    outcome (`learner_id` set, `outcome` applied/skipped/failed, `reason` a
+    reason code), `finalize_deletion` for a purge, or an event:
+    `batch.submitted`, `batch.cancelled` (`actor_id` who cancelled, `reason`
+    why), `batch.finished` (`outcome` the final status), `token.issued`,
+    `token.revoked` (`learner_id` the token's admin, `token_id`)."""
+
+    id: int
+    created_at: datetime
+    actor_id: int | None = Field(description="The admin who acted; null for the system.")
+    learner_id: int | None
+    batch_id: int | None
+    token_id: int | None
+    action: str
+    outcome: str
+    reason: str | None
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryView]
+    next_cursor: int | None
+
+
+class TokenView(BaseModel):
+    """An API token as an admin may see it: never the secret, never its hash."""
+
+    id: int
+    learner_id: int = Field(description="The admin the token acts as.")
+    label: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenView]

@@ -13,9 +13,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, Update, and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from shared.audit import Event, record_batch_event, who_removed_access
 from shared.db import now
 from shared.models import (
     CANCELLABLE_BATCH_STATUSES,
+    AuditEntry,
     Batch,
     BatchItem,
     BatchStatus,
@@ -82,6 +84,8 @@ def complete_if_finished(session: Session, batch_id: int) -> bool:
         )
         .rowcount
     )
+    if done:
+        record_batch_event(session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.COMPLETED)
     return bool(done)
 
 
@@ -102,9 +106,47 @@ def cancelling(where: ColumnElement[bool], reason: CancelReason) -> Update:
     )
 
 
-def request_cancel(session: Session, batch_id: int, reason: CancelReason) -> bool:
-    """Stop new learners from starting; `cancel_step` finishes the job."""
-    return bool(session.connection().execute(cancelling(Batch.id == batch_id, reason)).rowcount)
+def request_cancel(
+    session: Session, batch_id: int, reason: CancelReason, actor_id: int | None = None
+) -> bool:
+    """Stop new learners from starting; `cancel_step` finishes the job. The
+    audit trail says who cancelled, in the same transaction."""
+    changed = bool(session.connection().execute(cancelling(Batch.id == batch_id, reason)).rowcount)
+    if changed:
+        record_batch_event(
+            session, batch_id, Event.BATCH_CANCELLED, actor_id=actor_id, reason=reason.value
+        )
+    return changed
+
+
+def _audit_lost_access_cancel(session: Session, batch_id: int) -> None:
+    """A batch cancelled because its admin lost access was moved to
+    `cancelling` inside the worker's statement that deactivated or deleted
+    that admin (`cancel_submitted_by`, one of the rule's `revocations`), which
+    writes no batch event; the dispatch loop's first cancel step records it,
+    naming the admin whose change cancelled it."""
+    batch = (
+        session.connection()
+        .execute(select(Batch.school_id, Batch.cancel_reason).where(Batch.id == batch_id))
+        .first()
+    )
+    if batch is None or batch.cancel_reason != CancelReason.ADMIN_LOST_ACCESS:
+        return
+    recorded = exists().where(
+        AuditEntry.school_id == batch.school_id,
+        AuditEntry.learner_id.is_(None),
+        AuditEntry.batch_id == batch_id,
+        AuditEntry.action == Event.BATCH_CANCELLED,
+    )
+    if session.connection().scalar(select(recorded)):
+        return
+    record_batch_event(
+        session,
+        batch_id,
+        Event.BATCH_CANCELLED,
+        actor_id=who_removed_access(session, batch_id),
+        reason=CancelReason.ADMIN_LOST_ACCESS.value,
+    )
 
 
 def cancel_submitted_by(admin_ids: Select[Any]) -> Update:
@@ -117,6 +159,7 @@ def cancel_submitted_by(admin_ids: Select[Any]) -> Update:
 def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> int:
     """Mark up to `chunk` pending items `cancelled`; when none are left, the
     batch becomes `cancelled`. What was applied stays applied."""
+    _audit_lost_access_cancel(session, batch_id)
     stamp = now()
     chunk_ids = (
         select(BatchItem.learner_id)
@@ -150,15 +193,23 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
             )
         )
         if not pending:
-            session.connection().execute(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.status == BatchStatus.CANCELLING)
-                .values(
-                    status=BatchStatus.CANCELLED,
-                    counts=counts_from_items(session, batch_id),
-                    finished_at=stamp,
+            ended = (
+                session.connection()
+                .execute(
+                    update(Batch)
+                    .where(Batch.id == batch_id, Batch.status == BatchStatus.CANCELLING)
+                    .values(
+                        status=BatchStatus.CANCELLED,
+                        counts=counts_from_items(session, batch_id),
+                        finished_at=stamp,
+                    )
                 )
+                .rowcount
             )
+            if ended:
+                record_batch_event(
+                    session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.CANCELLED
+                )
     return cancelled
 
 

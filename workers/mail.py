@@ -37,13 +37,14 @@ from urllib.parse import unquote, urlencode, urlparse
 import redis
 from dramatiq.rate_limits import WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import complete_if_finished, counts_from_items
 from shared.db import now
 from shared.models import (
     FINISHED_BATCH_STATUSES,
+    AuditEntry,
     Batch,
     BatchItem,
     Invitation,
@@ -406,9 +407,16 @@ def fail_applied_item(
     is recomputed here, and one under way (counted before this commit) waits
     for the lock and finds the batch completed here, with the right counts."""
     with sessions() as session, session.begin():
-        status = session.connection().scalar(
-            select(Batch.status).where(Batch.id == batch_id).with_for_update()
+        batch = (
+            session.connection()
+            .execute(
+                select(Batch.status, Batch.school_id, Batch.actor_id, Batch.action)
+                .where(Batch.id == batch_id)
+                .with_for_update()
+            )
+            .first()
         )
+        status = batch.status if batch is not None else None
         changed = (
             session.connection()
             .execute(
@@ -422,6 +430,18 @@ def fail_applied_item(
             )
             .rowcount
         )
+        if changed and batch is not None:
+            # The trail said `applied`; it says what the item says now.
+            session.connection().execute(
+                insert(AuditEntry).values(
+                    school_id=batch.school_id,
+                    actor_id=batch.actor_id,
+                    learner_id=learner_id,
+                    batch_id=batch_id,
+                    action=batch.action,
+                    outcome=ItemOutcome.FAILED,
+                )
+            )
         if changed and status in FINISHED_BATCH_STATUSES:
             counts = counts_from_items(session, batch_id)
             session.connection().execute(

@@ -23,7 +23,7 @@ def test_deactivating_an_admin_cancels_their_running_batch(stack, session, schoo
     queued = park_batch(
         session, school.school_id, school.admin_id, "add_to_group", chosen, group_ids=[group_id]
     )
-    _, other_token = make_admin(session, school.school_id)
+    other_admin, other_token = make_admin(session, school.school_id)
     session.commit()
 
     with stack.client(other_token) as client:
@@ -35,6 +35,10 @@ def test_deactivating_an_admin_cancels_their_running_batch(stack, session, schoo
             return view if view["status"] == "cancelled" else None
 
         view = wait_until(cancelled, 60, "the deactivated admin's batch to be cancelled")
+        # The trail names who, in effect, cancelled it: the admin who deactivated its admin.
+        who = [(e["actor_id"], e["reason"]) for e in client.audit(batch_id=queued)]
+    assert who[-1] == (other_admin, "admin_lost_access")
+    assert [e for e in who if e[1] == "admin_lost_access"] == [who[-1]]
     assert view["cancel_reason"] == "admin_lost_access"
     assert (view["counts"]["cancelled"], view["counts"]["applied"]) == (20, 0)
     deactivated_token = httpx.get(
@@ -57,5 +61,12 @@ def test_deactivating_an_admin_cancels_their_running_batch(stack, session, schoo
     session.expire_all()
     members = select(func.count()).where(GroupMembership.group_id == group_id)
     assert session.scalar(members) == 0
-    assert session.scalar(select(func.count()).where(AuditEntry.batch_id == queued)) == 0
+    assert (
+        session.scalar(
+            select(func.count()).where(
+                AuditEntry.batch_id == queued, AuditEntry.learner_id.is_not(None)
+            )
+        )
+        == 0
+    )
     assert session.scalar(select(Batch.status).where(Batch.id == queued)) == "cancelled"

@@ -139,14 +139,21 @@ def test_another_schools_ids_behave_exactly_like_missing_ids_on_every_route(
         "batch_id": their_batch,
         "learner_id": their_learner,
         "group_id": first_id(session, Group, theirs.school_id),
+        "token_id": first_id(session, ApiToken, theirs.school_id),
     }
-    missing = {"batch_id": 10**12, "learner_id": 10**12 + 1, "group_id": 10**12 + 2}
+    missing = {
+        "batch_id": 10**12,
+        "learner_id": 10**12 + 1,
+        "group_id": 10**12 + 2,
+        "token_id": 10**12 + 3,
+    }
     with_foreign = _walk(api, schema, mine.token, foreign)
     with_missing = _walk(api, schema, mine.token, missing)
     assert with_foreign == with_missing
     assert len(with_foreign) == sum(len(ops) for ops in schema["paths"].values()) >= 7
     statuses = {k: v[0] for k, v in with_foreign.items()}
     assert statuses["GET /v1/batches/{batch_id}"] == 404
+    assert statuses["DELETE /v1/tokens/{token_id}"] == 404
     assert statuses["POST /v1/batches"] == 422  # a group of another school is "no such group"
     # The cancel attempt with the wrong school's token changed nothing.
     assert session.scalar(select(Batch.status).where(Batch.id == their_batch)) in (
