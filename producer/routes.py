@@ -257,6 +257,8 @@ def retry_batch(
         settings.max_active_batches_per_school,
         settings.selected_learners_per_hour,
     )
+    if not retried.replayed:
+        record_submitted(session, actor.school_id, retried.batch.id, actor.admin_id)
     session.commit()
     return _accepted(request, response, session, runtime, retried)
 

@@ -153,6 +153,9 @@ def test_retry_makes_a_batch_of_the_failed_learners(batchctl, api, session, scho
     assert retried["retry_of"] == first["id"] and retried["action"] == "deactivate_learner"
     assert sorted(i["learner_id"] for i in api.items(made["id"])) == ids[1:3]
     assert api.batch(first["id"])["retry_of"] is None
+    # In the audit trail like any submit, by the admin who retried.
+    submitted = list(api.audit(batch_id=made["id"], action="batch.submitted"))
+    assert [e["actor_id"] for e in submitted] == [school.admin_id]
 
 
 def test_retry_of_a_batch_with_nothing_failed_or_still_running_is_refused(
