@@ -22,8 +22,9 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.batches import move_item
 from shared.contract import ITEM_ACTORS, QUEUES
-from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
+from shared.models import Batch, BatchStatus, ItemOutcome
 from shared.publish import ConfirmedPublisher
 from shared.signing import SignMessages, verify
 
@@ -128,18 +129,15 @@ def peek(broker: RabbitmqBroker, queue: str, limit: int = 20) -> list[DeadLetter
 
 def _reopen(sessions: sessionmaker[Session], batch_id: int, learner_id: int) -> bool:
     with sessions() as session, session.begin():
-        reopened = (
-            session.connection()
-            .execute(
-                update(BatchItem)
-                .where(
-                    BatchItem.batch_id == batch_id,
-                    BatchItem.learner_id == learner_id,
-                    BatchItem.outcome == ItemOutcome.FAILED,
-                )
-                .values(outcome=ItemOutcome.PENDING, reason=None, error=None, finished_at=None)
-            )
-            .rowcount
+        reopened = move_item(
+            session,
+            batch_id,
+            learner_id,
+            ItemOutcome.FAILED,
+            outcome=ItemOutcome.PENDING,
+            reason=None,
+            error=None,
+            finished_at=None,
         )
         if reopened:
             session.connection().execute(

@@ -21,10 +21,9 @@ from producer.submit import (
     SubmitError,
     Submitted,
     admit,
-    by_key,
     check_quota_with_batch,
+    earlier,
     new_batch,
-    replay,
 )
 from shared.actions import Actor
 from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, ItemOutcome
@@ -53,13 +52,9 @@ def retry_failed(
     )
     if original is None:  # another school's batch looks exactly like a missing one
         raise SubmitError(404, None, f"no batch {batch_id} in your school")
-    fingerprints = (
-        idempotency_key.body_fingerprints(retry_hash(batch_id)) if idempotency_key else ()
-    )
-    if idempotency_key:
-        existing = by_key(session, actor, idempotency_key)
-        if existing is not None:
-            return replay(existing, fingerprints)
+    fingerprints, replayed = earlier(session, actor, idempotency_key, retry_hash(batch_id))
+    if replayed is not None:
+        return replayed
     _check_retryable(session, original)
     admit(session, actor, max_active_batches, learners_per_hour)
     created = new_batch(

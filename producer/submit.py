@@ -141,14 +141,9 @@ def submit(
     """Create the batch and its frozen items, or return the batch this
     Idempotency-Key already made for the same body."""
     check_size(request)
-    # Kept only with a key, and keyed: the body can quote an email (`q`).
-    fingerprints = (
-        idempotency_key.body_fingerprints(request_hash(request)) if idempotency_key else ()
-    )
-    if idempotency_key:
-        existing = by_key(session, actor, idempotency_key)
-        if existing is not None:
-            return replay(existing, fingerprints)
+    fingerprints, replayed = earlier(session, actor, idempotency_key, request_hash(request))
+    if replayed is not None:
+        return replayed
     check_expected_total_given(request)
     params = params_for(session, actor, request)
     admit(session, actor, max_active_batches, learners_per_hour)
@@ -323,6 +318,19 @@ def _check_running_cap(session: Session, actor: Actor, cap: int) -> None:
             "wait for one to finish or cancel one",
             retry_after=30,
         )
+
+
+def earlier(
+    session: Session, actor: Actor, key: IdempotencyKey | None, body_hash: str
+) -> tuple[tuple[str, ...], Submitted | None]:
+    """The body's fingerprints under the key, and the batch this key already
+    made for the same body (a replay), if any. Fingerprints are kept only with
+    a key, and keyed: a body can quote an email (`q`)."""
+    if key is None:
+        return (), None
+    fingerprints = key.body_fingerprints(body_hash)
+    existing = by_key(session, actor, key)
+    return fingerprints, None if existing is None else replay(existing, fingerprints)
 
 
 def by_key(session: Session, actor: Actor, key: IdempotencyKey) -> Batch | None:

@@ -66,6 +66,23 @@ def counts_from_labels(labels: dict[str, int], total: int) -> dict[str, Any]:
     return counts
 
 
+def move_item(
+    session: Session, batch_id: int, learner_id: int, was: ItemOutcome, **values: Any
+) -> bool:
+    """Change an item that is still `was` (reopen a failed one, fail an
+    applied one); False when it has moved on meanwhile."""
+    moved = session.connection().execute(
+        update(BatchItem)
+        .where(
+            BatchItem.batch_id == batch_id,
+            BatchItem.learner_id == learner_id,
+            BatchItem.outcome == was,
+        )
+        .values(**values)
+    )
+    return bool(moved.rowcount)
+
+
 def complete_if_finished(session: Session, batch_id: int) -> bool:
     """Mark a running batch `completed` once no item is pending, with final
     counts from the items. Safe to call from anywhere, any number of times."""

@@ -40,13 +40,12 @@ from dramatiq.rate_limits.backends import RedisBackend
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.batches import complete_if_finished, counts_from_items
+from shared.batches import complete_if_finished, counts_from_items, move_item
 from shared.db import now
 from shared.models import (
     FINISHED_BATCH_STATUSES,
     AuditEntry,
     Batch,
-    BatchItem,
     Invitation,
     ItemOutcome,
     Learner,
@@ -417,18 +416,14 @@ def fail_applied_item(
             .first()
         )
         status = batch.status if batch is not None else None
-        changed = (
-            session.connection()
-            .execute(
-                update(BatchItem)
-                .where(
-                    BatchItem.batch_id == batch_id,
-                    BatchItem.learner_id == learner_id,
-                    BatchItem.outcome == ItemOutcome.APPLIED,
-                )
-                .values(outcome=ItemOutcome.FAILED, error=error, finished_at=now())
-            )
-            .rowcount
+        changed = move_item(
+            session,
+            batch_id,
+            learner_id,
+            ItemOutcome.APPLIED,
+            outcome=ItemOutcome.FAILED,
+            error=error,
+            finished_at=now(),
         )
         if changed and batch is not None:
             # The trail said `applied`; it says what the item says now.
