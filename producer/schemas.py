@@ -4,6 +4,7 @@ from these). Unknown fields are rejected, so a typo is a 422 naming it."""
 from __future__ import annotations
 
 import contextlib
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
@@ -251,7 +252,16 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("out of range once converted to UTC") from None
 
 
-Moment = Annotated[datetime, AfterValidator(_in_utc)]
+def _written_as_a_date(value: object) -> object:
+    """Only an ISO 8601 date-time, as the schema says: pydantic would also
+    take a number (`0.5`) as seconds since 1970."""
+    if not isinstance(value, str) or not ISO_DATE.match(value):
+        raise ValueError("an ISO 8601 date and time, e.g. 2026-11-29T12:00:00Z")
+    return value
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+Moment = Annotated[datetime, BeforeValidator(_written_as_a_date), AfterValidator(_in_utc)]
 
 
 class AuditEntryView(BaseModel):

@@ -130,3 +130,10 @@ def test_moments_are_compared_in_utc_and_one_without_a_utc_equivalent_is_a_422(a
     assert api.get("/v1/audit", params={"until": "2000-01-01T00:00:00"}).json()["entries"] == []
     since_then = api.get("/v1/audit", params={"since": "2000-01-01T01:00:00+01:00"}).json()
     assert since_then["entries"][0]["created_at"] == newest
+
+
+def test_a_moment_that_is_not_a_date_is_a_422_naming_the_parameter(app, school):
+    api = as_admin(app, school.token)
+    answer = api.get("/v1/audit", params={"until": "0.5"})  # not seconds since 1970
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["query", "until"]
