@@ -128,15 +128,9 @@ def create_batch(
     if not submitted.replayed:
         record_submitted(session, actor.school_id, submitted.batch.id, actor.admin_id)
     session.commit()
-    if submitted.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    elif submitted.not_found:
+    if not submitted.replayed and submitted.not_found:
         runtime.progress.add(submitted.batch.id, "skipped:not_found", submitted.not_found)
-    dispatcher = getattr(request.app.state, "dispatcher", None)
-    if dispatcher is not None:
-        dispatcher.wake()
-    response.headers["Location"] = f"/v1/batches/{submitted.batch.id}"
-    return batch_view(session, submitted.batch, runtime.progress)
+    return _accepted(request, response, session, runtime, submitted)
 
 
 @router.get("/batches", response_model=BatchList, responses=ERRORS)
