@@ -17,7 +17,6 @@ from shared.audit import Event, record_batch_event, who_removed_access
 from shared.db import now
 from shared.models import (
     CANCELLABLE_BATCH_STATUSES,
-    AuditEntry,
     Batch,
     BatchItem,
     BatchStatus,
@@ -140,22 +139,12 @@ def _audit_lost_access_cancel(session: Session, batch_id: int) -> None:
     """A batch cancelled because its admin lost access was moved to
     `cancelling` inside the worker's statement that deactivated or deleted
     that admin (`cancel_submitted_by`, one of the rule's `revocations`), which
-    writes no batch event; the dispatch loop's first cancel step records it,
-    naming the admin whose change cancelled it."""
-    batch = (
-        session.connection()
-        .execute(select(Batch.school_id, Batch.cancel_reason).where(Batch.id == batch_id))
-        .first()
-    )
-    if batch is None or batch.cancel_reason != CancelReason.ADMIN_LOST_ACCESS:
-        return
-    recorded = exists().where(
-        AuditEntry.school_id == batch.school_id,
-        AuditEntry.learner_id.is_(None),
-        AuditEntry.batch_id == batch_id,
-        AuditEntry.action == Event.BATCH_CANCELLED,
-    )
-    if session.connection().scalar(select(recorded)):
+    writes no batch event; the cancel step that ends the batch records it
+    (once: only one step moves it from `cancelling` to `cancelled`), naming
+    the admin whose change cancelled it. A batch an admin cancelled through
+    the API has its event already and another reason."""
+    reason = session.connection().scalar(select(Batch.cancel_reason).where(Batch.id == batch_id))
+    if reason != CancelReason.ADMIN_LOST_ACCESS:
         return
     record_batch_event(
         session,
@@ -176,7 +165,6 @@ def cancel_submitted_by(admin_ids: Select[Any]) -> Update:
 def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> int:
     """Mark up to `chunk` pending items `cancelled`; when none are left, the
     batch becomes `cancelled`. What was applied stays applied."""
-    _audit_lost_access_cancel(session, batch_id)
     stamp = now()
     chunk_ids = (
         select(BatchItem.learner_id)
@@ -224,6 +212,7 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
                 .rowcount
             )
             if ended:
+                _audit_lost_access_cancel(session, batch_id)
                 record_batch_event(
                     session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.CANCELLED
                 )
