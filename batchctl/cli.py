@@ -37,7 +37,7 @@ def _ids(text: str | None) -> list[int]:
 
 
 def _client(url: str, token: str):
-    from producer.client import BatchClient
+    from batch_actions_client import BatchClient
 
     return BatchClient(url, token)
 
@@ -147,7 +147,7 @@ def token_list(
     api_token: str = ApiToken,
 ) -> None:
     """Your school's API tokens as JSON lines (never a secret)."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
@@ -164,7 +164,7 @@ def token_revoke(
     api_token: str = ApiToken,
 ) -> None:
     """Revoke one of your school's tokens at once (audited as `token.revoked`)."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
@@ -273,11 +273,12 @@ def worker(
 
 
 def dramatiq_command(*arguments: str) -> list[str]:
-    """Dramatiq's CLI on the worker entry point (`workers.runtime:start_worker`)."""
+    """Dramatiq's CLI on the worker entry point (`workers.runtime:start_worker`),
+    with the project's logging (workers/dramatiq_cli.py)."""
     return [
         sys.executable,
         "-m",
-        "dramatiq",
+        "workers.dramatiq_cli",
         "workers.runtime:start_worker",
         *arguments,
         # Let a worker finish its current learner on SIGTERM.
@@ -295,7 +296,7 @@ def dramatiq_command(*arguments: str) -> list[str]:
 def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -> None:
     """Republish stuck items, finalize overdue deletions, complete batches."""
     _require_broker("reconcile")
-    from shared import redaction, runtime
+    from shared import logs, runtime
     from shared.metrics import DatabaseCollector, serve_metrics
     from shared.publish import publisher_for
     from workers import reconcile as reconciler
@@ -303,6 +304,7 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
 
     process = runtime.start()
     settings = process.settings
+    logs.configure(settings)
     sessions = process.sessions
     publisher = publisher_for(process.broker)
     sender = InvitationSender(sessions, settings, process.redis, process.progress)
@@ -314,7 +316,6 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    redaction.configure_logging()
     console.print(f"reconciling every {settings.reconcile_interval_seconds}s")
     reconciler.run(sessions, publisher, settings, sender, stop)
 
@@ -341,7 +342,7 @@ def submit(
 ) -> None:
     """Submit a batch action. To deactivate or delete over a filter it shows
     the dry run's count and asks to confirm first (--yes does not ask)."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     ids = _ids(learner_ids) + (_ids(ids_file.read_text()) if ids_file else [])
     people = {"status": status or None, "group_id": group_id, "q": q}
@@ -439,7 +440,7 @@ def status(
     api_token: str = ApiToken,
 ) -> None:
     """Show a batch: counts, percent, rate and ETA."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
@@ -462,7 +463,7 @@ def items(
     api_token: str = ApiToken,
 ) -> None:
     """List a batch's per-learner results as JSON lines."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
@@ -475,7 +476,7 @@ def items(
 @app.command()
 def cancel(batch_id: int = typer.Argument(...), url: str = ApiUrl, api_token: str = ApiToken):
     """Cancel a batch: no new learner starts; what was applied stays applied."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
@@ -494,7 +495,7 @@ def retry(
 ) -> None:
     """Retry a finished batch's failed learners as a new batch (same action and
     params; its `retry_of` names the original)."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
@@ -626,7 +627,7 @@ def audit(
     """Your school's audit trail, newest first, as JSON lines (or --csv)."""
     from itertools import islice
 
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     filters = {
         "learner_id": learner_id,

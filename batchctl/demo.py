@@ -31,9 +31,9 @@ def run_demo(console: Console, learners: int) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import func, select
 
+    from batch_actions_client import BatchClient
     from batchctl.migrate import upgrade
     from producer.app import create_app
-    from producer.client import BatchClient
     from shared.models import Course, Group, Learner
 
     where = "embedded (SQLite, in-process broker)" if _embedded() else "configured services"

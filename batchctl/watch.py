@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from producer.client import FINISHED
+from batch_actions_client import FINISHED
 
 
 def counts_table(view: dict, title: str) -> Table:

@@ -91,7 +91,7 @@ class Stack:
         )
 
     def client(self, token: str):
-        from producer.client import BatchClient
+        from batch_actions_client import BatchClient
 
         return BatchClient(self.base_url, token)
 

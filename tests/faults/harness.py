@@ -177,7 +177,7 @@ class FaultStack:
         return self.vhost.queues
 
     def client(self, token: str):
-        from producer.client import BatchClient
+        from batch_actions_client import BatchClient
 
         return BatchClient(self.base_url, token, timeout=60)
 

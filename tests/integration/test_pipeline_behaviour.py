@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from batch_actions_client import ApiError
 from batchctl.seed import seed_school
-from producer.client import ApiError
 from shared.dispatch import item_message
 from shared.models import (
     AuditEntry,

@@ -90,8 +90,8 @@ def test_batchctl_audit_and_token_commands(app, session, school, monkeypatch):
 
     from typer.testing import CliRunner
 
+    from batch_actions_client import BatchClient
     from batchctl import cli
-    from producer.client import BatchClient
 
     chosen = learner_ids(session, school.school_id, status="active")[:2]
     parked = park_batch(session, school.school_id, school.admin_id, "deactivate_learner", chosen)

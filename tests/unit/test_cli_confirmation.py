@@ -25,8 +25,8 @@ def api(school):
     """The school admin's client of the in-process API."""
     from fastapi.testclient import TestClient
 
+    from batch_actions_client import BatchClient
     from producer.app import create_app
-    from producer.client import BatchClient
 
     return BatchClient("", school.token, http=TestClient(create_app(dispatch=False)))
 
@@ -110,7 +110,7 @@ def test_explicit_ids_and_other_actions_are_not_asked_about(batchctl, session, s
 
 def test_the_api_refuses_a_filter_delete_without_the_count(api, session, school) -> None:
     """An upstream service skipping the dry run; and a count that changed."""
-    from producer.client import ApiError
+    from batch_actions_client import ApiError
 
     before = batch_ids(api)
     selection = {"filter": {"status": ["invited"]}}

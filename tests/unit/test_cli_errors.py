@@ -35,8 +35,8 @@ def in_process_api(school, monkeypatch: pytest.MonkeyPatch):
     """`batchctl` talks to the app itself, on the embedded database."""
     from fastapi.testclient import TestClient
 
+    from batch_actions_client import BatchClient
     from producer.app import create_app
-    from producer.client import BatchClient
 
     app = create_app(dispatch=False)
     monkeypatch.setattr(

@@ -22,8 +22,8 @@ def batchctl(school, monkeypatch: pytest.MonkeyPatch):
     """Run `batchctl ARGS...` as the school's admin against the in-process API."""
     from fastapi.testclient import TestClient
 
+    from batch_actions_client import BatchClient
     from producer.app import create_app
-    from producer.client import BatchClient
 
     app = create_app(dispatch=False)
     monkeypatch.setattr(
