@@ -15,15 +15,18 @@ from sqlalchemy.orm import Session
 
 from producer.schemas import LearnerIdsSelection
 from producer.selection import id_table, selected_learners
-from shared.actions import Actor
+from shared.actions import Actor, invited_since
 from shared.batches import shape_counts
 from shared.contract import Action
+from shared.db import now
 from shared.models import ItemOutcome, Learner
 from shared.outcomes import Reason
 from shared.rules import RULES
 
 
-def predicted_reason(actor: Actor, action: Action, params: dict[str, Any]) -> ColumnElement[Any]:
+def predicted_reason(
+    actor: Actor, action: Action, params: dict[str, Any], invite_cooldown_seconds: float = 0
+) -> ColumnElement[Any]:
     """The reason each learner would be skipped, None where the action applies."""
     rule = RULES[action]
     is_self = Learner.id == (actor.admin_id or 0)
@@ -36,15 +39,23 @@ def predicted_reason(actor: Actor, action: Action, params: dict[str, Any]) -> Co
     ]
     if rule.already_done is not None:
         targets = params.get(action.param_name or "", [])
-        whens.append((rule.already_done(Learner.id, targets), rule.unchanged.value))
+        recently_invited = invited_since(now(), invite_cooldown_seconds)
+        whens.append(
+            (rule.already_done(Learner.id, targets, recently_invited), rule.unchanged.value)
+        )
     return case(*whens, else_=literal_column("NULL"))
 
 
 def predict(
-    session: Session, actor: Actor, action: Action, params: dict[str, Any], selection: Any
+    session: Session,
+    actor: Actor,
+    action: Action,
+    params: dict[str, Any],
+    selection: Any,
+    invite_cooldown_seconds: float = 0,
 ) -> dict[str, Any]:
     """Counts each outcome would have, computed without changing anything."""
-    reason = predicted_reason(actor, action, params).label("reason")
+    reason = predicted_reason(actor, action, params, invite_cooldown_seconds).label("reason")
     not_found = 0
     if isinstance(selection, LearnerIdsSelection):
         wanted = sorted(set(selection.learner_ids))

@@ -109,7 +109,7 @@ def create_batch(
     only count what each outcome would be."""
     request.state.batch_action = body.action.value
     if body.dry_run:
-        counts = dry_run(session, actor, body)
+        counts = dry_run(session, actor, body, runtime.settings.invite_cooldown_seconds)
         total = counts.pop("total")
         return JSONResponse(
             DryRunView(action=body.action, total=total, counts=Counts(**counts)).model_dump(

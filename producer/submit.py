@@ -124,10 +124,14 @@ def check_size(request: BatchRequest) -> None:
         )
 
 
-def dry_run(session: Session, actor: Actor, request: BatchRequest) -> dict:
+def dry_run(
+    session: Session, actor: Actor, request: BatchRequest, invite_cooldown_seconds: float = 0
+) -> dict:
     check_size(request)
     params = params_for(session, actor, request)
-    return predict(session, actor, request.action, params, request.selection)
+    return predict(
+        session, actor, request.action, params, request.selection, invite_cooldown_seconds
+    )
 
 
 def submit(

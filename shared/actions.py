@@ -15,17 +15,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import literal, select
+from sqlalchemy import ColumnElement, false, literal, select
 from sqlalchemy.orm import Session
 
 from shared.contract import Action
 from shared.db import now
 from shared.models import Learner
 from shared.outcomes import Outcome, Reason
-from shared.rules import RULES, Change, revocations
+from shared.rules import RULES, Change
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ def apply_action(
     *,
     batch_id: int | None = None,
     grace_seconds: float = 0,
+    invite_cooldown_seconds: float = 0,
 ) -> Outcome:
     """Apply `action` to one learner; applying it twice reports a skip the second time."""
     action = Action(action)
@@ -67,6 +68,7 @@ def apply_action(
         token_hash=literal(new_token_hash()),
         now=literal(stamp),
         deletion_due=literal(stamp + timedelta(seconds=grace_seconds)),
+        recently_invited=invited_since(stamp, invite_cooldown_seconds),
         dialect=session.get_bind().dialect.name,
     )
     connection = session.connection()
@@ -77,7 +79,17 @@ def apply_action(
             )
         )
         return Outcome.skipped(rule.reason_for(status))
-    if rule.revokes_access:
-        for statement in revocations(select(literal(learner_id)), literal(stamp)):
+    if rule.then is not None:
+        for statement in rule.then(select(literal(learner_id)), change):
             connection.execute(statement)
     return Outcome.applied()
+
+
+def invited_since(stamp: datetime, cooldown_seconds: float) -> ColumnElement[bool]:
+    """The learner was invited less than `cooldown_seconds` before `stamp`
+    (never, with a cooldown of 0: it is off)."""
+    if cooldown_seconds <= 0:
+        return false()
+    # IS NOT NULL first: the condition is negated, and NOT (NULL > t) is NULL.
+    cutoff = stamp - timedelta(seconds=cooldown_seconds)
+    return Learner.last_invited_at.is_not(None) & (Learner.last_invited_at > cutoff)

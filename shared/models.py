@@ -148,6 +148,8 @@ class Learner(Base):
     deactivated_at: Mapped[datetime | None]
     deletion_due_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    # Set by resend_invitation; a new one within INVITE_COOLDOWN_SECONDS is skipped.
+    last_invited_at: Mapped[datetime | None]
 
 
 class Group(Base):

@@ -14,7 +14,9 @@ from shared.models import ItemOutcome
 
 class Reason(enum.StrEnum):
     ALREADY_ACTIVE = "already_active"
+    # Recorded before the invitation cooldown (migration 0006); no longer produced.
     ALREADY_INVITED = "already_invited"
+    RECENTLY_INVITED = "recently_invited"
     ALREADY_MEMBER = "already_member"
     ALREADY_ENROLLED = "already_enrolled"
     ALREADY_DEACTIVATED = "already_deactivated"

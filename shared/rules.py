@@ -82,7 +82,9 @@ class Change:
     status the rule applies to, and not the acting admin where the rule
     refuses that. `still_eligible` repeats the status and school conditions
     on the `learners` row itself, so an UPDATE re-checks them on the row it
-    locks (a concurrent change between the read and the lock is seen)."""
+    locks (a concurrent change between the read and the lock is seen).
+    `recently_invited` is true for a `learners` row invited less than
+    INVITE_COOLDOWN_SECONDS ago (always false when the cooldown is 0)."""
 
     learner_ids: Select[Any]
     still_eligible: ColumnElement[bool]
@@ -92,6 +94,7 @@ class Change:
     token_hash: ColumnElement[Any]
     now: ColumnElement[datetime]
     deletion_due: ColumnElement[datetime]
+    recently_invited: ColumnElement[bool]
     dialect: str
 
     def is_target(self, column: Expression) -> ColumnElement[bool]:
@@ -111,10 +114,13 @@ class Rule:
     """One action on one learner.
 
     `unchanged` is the reason when the learner is in a status the action
-    applies to and yet the effect changed nothing (already a member, already
-    invited by this batch). `already_done`, for the dry run, says which
-    eligible learners the effect would not change; None means none. The
-    effect must RETURN one column: the id of the learner it changed."""
+    applies to and yet the effect changed nothing (already a member, invited
+    within the cooldown). `already_done`, for the dry run, says which
+    eligible learners the effect would not change, given the targets and the
+    `recently_invited` condition; None means none. The effect must RETURN one
+    column: the id of the learner it changed. `then` gives the statements
+    that follow the effect in the same transaction, for the learners it
+    changed (the SELECT passed in): an outbox row, revoked credentials."""
 
     action: Action
     applies_to: frozenset[str]
@@ -122,8 +128,10 @@ class Rule:
     unchanged: Reason
     effect: Callable[[Change], Effect]
     refuses_self: bool = False
-    revokes_access: bool = False
-    already_done: Callable[[Expression, Sequence[int]], ColumnElement[bool]] | None = None
+    then: Callable[[Select[Any], Change], list[Effect]] | None = None
+    already_done: (
+        Callable[[Expression, Sequence[int], ColumnElement[bool]], ColumnElement[bool]] | None
+    ) = None
 
     def __post_init__(self) -> None:
         covered = self.applies_to | set(self.skips)
@@ -181,17 +189,40 @@ def revocations(learner_ids: Select[Any], now: ColumnElement[datetime]) -> list[
 # SELECT's end from the ON CONFLICT clause (its documented parsing ambiguity).
 
 
-def _invite(c: Change) -> Effect:
-    """An outbox row, unique per (batch, learner): a redelivered message of
-    the same batch finds it and changes nothing, so one batch never invites
-    anyone twice. `workers.mail` sends it after the commit."""
-    learners = c.learner_ids.subquery()
-    rows = select(c.school_id, learners.c.id, c.batch_id, c.token_hash, literal(0)).where(true())
+def _stamp_invited(c: Change) -> Effect:
+    """`last_invited_at` set, unless the learner was invited within the
+    cooldown. The condition sits in the UPDATE's WHERE, so it is checked
+    again on the row it locks: of two batches racing for one learner, the
+    second waits for the first to commit, then sees its stamp and skips
+    (`recently_invited`), and the learner gets one email."""
     return (
-        c.insert_new(_table(Invitation))
-        .from_select(["school_id", "learner_id", "batch_id", "token_hash", "attempts"], rows)
-        .returning(Invitation.learner_id)
+        update(Learner)
+        .where(Learner.id.in_(c.learner_ids), c.still_eligible, ~c.recently_invited)
+        .values(last_invited_at=c.now)
+        .returning(Learner.id)
     )
+
+
+def _invitation(changed: Select[Any], c: Change) -> list[Effect]:
+    """An outbox row for each learner stamped, unique per (batch, learner);
+    `workers.mail` sends it after the commit."""
+    learners = changed.subquery()
+    rows = select(c.school_id, learners.c[0], c.batch_id, c.token_hash, literal(0)).where(true())
+    return [
+        c.insert_new(_table(Invitation)).from_select(
+            ["school_id", "learner_id", "batch_id", "token_hash", "attempts"], rows
+        )
+    ]
+
+
+def _recently_invited(
+    learner_id: Expression, targets: Sequence[int], recently_invited: ColumnElement[bool]
+) -> ColumnElement[bool]:
+    return recently_invited
+
+
+def _revoke(changed: Select[Any], c: Change) -> list[Effect]:
+    return revocations(changed, c.now)
 
 
 def _grant(
@@ -213,7 +244,9 @@ def _grant(
             .returning(link.learner_id)
         )
 
-    def already_done(learner_id: Expression, targets: Sequence[int]) -> ColumnElement[bool]:
+    def already_done(
+        learner_id: Expression, targets: Sequence[int], recently_invited: ColumnElement[bool]
+    ) -> ColumnElement[bool]:
         have = (
             select(func.count())
             .where(link.learner_id == learner_id, column.in_(list(targets)))
@@ -253,8 +286,10 @@ RULES: dict[Action, Rule] = {
                 LearnerStatus.DEACTIVATED: Reason.ALREADY_DEACTIVATED,
                 **_gone,
             },
-            unchanged=Reason.ALREADY_INVITED,
-            effect=_invite,
+            unchanged=Reason.RECENTLY_INVITED,
+            effect=_stamp_invited,
+            then=_invitation,
+            already_done=_recently_invited,
         ),
         Rule(
             Action.ADD_TO_GROUP,
@@ -285,7 +320,7 @@ RULES: dict[Action, Rule] = {
                 updated_at=lambda c: c.now,
             ),
             refuses_self=True,
-            revokes_access=True,
+            then=_revoke,
         ),
         Rule(
             Action.DELETE_LEARNER,
@@ -301,7 +336,7 @@ RULES: dict[Action, Rule] = {
                 deletion_due_at=lambda c: c.deletion_due,
             ),
             refuses_self=True,
-            revokes_access=True,
+            then=_revoke,
         ),
         Rule(
             Action.REACTIVATE_LEARNER,

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Invitation emails per second, shared by every worker through Redis.
     smtp_rate_per_second: int = Field(default=50, ge=1)
     smtp_from: str = "no-reply@batch-actions.invalid"
+    # A learner invited less than this ago is skipped (`recently_invited`),
+    # across batches too; 0 turns the cooldown off.
+    invite_cooldown_seconds: int = Field(default=3600, ge=0)
     # HMAC key for broker messages and invitation links; while rotating, the
     # old key goes in SIGNING_KEY_PREVIOUS (accepted, never used to sign).
     signing_key: str = ""

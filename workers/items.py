@@ -119,7 +119,9 @@ class Items:
         ctx = self.context(batch_id)
         if ctx is None or not self.on_postgresql:
             return None
-        return statements.prepare(ctx, self.settings.deletion_grace_seconds)
+        return statements.prepare(
+            ctx, self.settings.deletion_grace_seconds, self.settings.invite_cooldown_seconds
+        )
 
     def process(self, batch_id: int, learner_id: int) -> Outcome | None:
         """Apply the batch's action to one learner. None when there was nothing
@@ -145,6 +147,7 @@ class Items:
                     ctx.params,
                     batch_id=ctx.batch_id,
                     grace_seconds=self.settings.deletion_grace_seconds,
+                    invite_cooldown_seconds=self.settings.invite_cooldown_seconds,
                 )
                 record_outcome(session, ctx, learner_id, outcome)
         self.count(ctx, outcome)

@@ -45,6 +45,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     null,
     select,
     update,
@@ -58,7 +59,7 @@ from shared.batches import BatchContext
 from shared.contract import Action
 from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome, Learner
 from shared.outcomes import Outcome, Reason
-from shared.rules import RULES, Change, Rule, revocations
+from shared.rules import RULES, Change, Rule
 
 BATCH = bindparam("batch", type_=BigInteger, required=False)
 LEARNER = bindparam("learner", type_=BigInteger, required=False)
@@ -68,6 +69,7 @@ ACTION = bindparam("action", type_=String, required=False)
 TARGETS = bindparam("targets", type_=ARRAY(BigInteger), required=False)
 TOKEN = bindparam("token", type_=String, required=False)
 GRACE = bindparam("grace", type_=Interval, required=False)
+COOLDOWN = bindparam("cooldown", type_=Interval, required=False)
 
 
 def build(rule: Rule) -> Any:
@@ -94,6 +96,9 @@ def build(rule: Rule) -> Any:
     eligible_ids = select(learner.c.id).where(learner.c.status.in_(sorted(rule.applies_to)))
     if rule.refuses_self:
         eligible_ids = eligible_ids.where(~is_self)
+    # A cooldown of 0 is off: `last_invited_at > now()` alone would skip a
+    # learner stamped by a transaction that started after this one.
+    cooldown_on = literal(timedelta(0), Interval) < COOLDOWN
     change = Change(
         learner_ids=eligible_ids,
         still_eligible=(Learner.school_id == SCHOOL) & Learner.status.in_(sorted(rule.applies_to)),
@@ -103,15 +108,17 @@ def build(rule: Rule) -> Any:
         token_hash=TOKEN,
         now=func.now(),
         deletion_due=func.now() + GRACE,
+        recently_invited=cooldown_on
+        & Learner.last_invited_at.is_not(None)
+        & (Learner.last_invited_at > func.now() - COOLDOWN),
         dialect="postgresql",
     )
     applied = rule.effect(change).cte("applied")
     side_effects = []
-    if rule.revokes_access:
-        changed = select(applied.c[0])
+    if rule.then is not None:
         side_effects = [
-            statement.cte(f"revoked_{n}")
-            for n, statement in enumerate(revocations(changed, func.now()))
+            statement.cte(f"then_{n}")
+            for n, statement in enumerate(rule.then(select(applied.c[0]), change))
         ]
     did = exists(select(applied.c[0]))
     status = select(learner.c.status).scalar_subquery()
@@ -179,7 +186,7 @@ class Prepared:
 PER_LEARNER = ("learner", "token")
 
 
-def prepare(ctx: BatchContext, grace_seconds: float) -> Prepared:
+def prepare(ctx: BatchContext, grace_seconds: float, cooldown_seconds: float = 0) -> Prepared:
     action = Action(ctx.action)
     sql, constants = compiled(action)
     values = {
@@ -190,6 +197,7 @@ def prepare(ctx: BatchContext, grace_seconds: float) -> Prepared:
         "action": action.value,
         "targets": [int(t) for t in ctx.params.get(action.param_name or "", [])],
         "grace": timedelta(seconds=grace_seconds),
+        "cooldown": timedelta(seconds=cooldown_seconds),
     }
     written = {name: _sql_literal(value) for name, value in values.items()}
     written.update({name: f"%({name})s" for name in PER_LEARNER})

@@ -88,16 +88,22 @@ def test_resend_skips_deactivated_and_deleted_learners(session, actor):
     assert resend_invitation(session, actor, deleting.id) == SKIP(Reason.ALREADY_DELETED)
 
 
-def test_resend_twice_in_one_batch_sends_one_invitation(session, actor):
+def test_a_learner_invited_within_the_cooldown_is_skipped_by_any_batch(session, actor):
     from shared.models import Batch
 
-    batch = Batch(school_id=actor.school_id, actor_id=actor.admin_id, action="resend_invitation")
-    session.add(batch)
-    session.flush()
+    def batch() -> int:
+        made = Batch(school_id=actor.school_id, actor_id=actor.admin_id, action="resend_invitation")
+        session.add(made)
+        session.flush()
+        return made.id
+
     learner = make_learner(session, actor.school_id, status="invited")
-    assert resend_invitation(session, actor, learner.id, batch.id) == APPLIED
-    assert resend_invitation(session, actor, learner.id, batch.id) == SKIP(Reason.ALREADY_INVITED)
+    assert resend_invitation(session, actor, learner.id, batch()) == APPLIED
+    assert resend_invitation(session, actor, learner.id, batch()) == SKIP(Reason.RECENTLY_INVITED)
     assert count(session, Invitation, learner_id=learner.id) == 1
+    # A cooldown of 0 is off.
+    assert resend_invitation(session, actor, learner.id, batch(), cooldown_seconds=0) == APPLIED
+    assert count(session, Invitation, learner_id=learner.id) == 2
 
 
 # Add to group / course

@@ -12,9 +12,20 @@ from shared.outcomes import Outcome
 
 
 def resend_invitation(
-    session: Session, actor: Actor, learner_id: int, batch_id: int | None = None
+    session: Session,
+    actor: Actor,
+    learner_id: int,
+    batch_id: int | None = None,
+    cooldown_seconds: float = 3600,
 ) -> Outcome:
-    return apply_action(session, "resend_invitation", actor, learner_id, batch_id=batch_id)
+    return apply_action(
+        session,
+        "resend_invitation",
+        actor,
+        learner_id,
+        batch_id=batch_id,
+        invite_cooldown_seconds=cooldown_seconds,
+    )
 
 
 def add_to_group(

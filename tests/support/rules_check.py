@@ -8,12 +8,11 @@ action and any kind of learner fails both.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from batchctl.seed import SeededSchool, seed_school
@@ -33,6 +32,8 @@ from shared.models import (
 from tests.support.factories import make_group, make_learner
 
 MISSING_ID = 9_000_000_000
+# INVITE_COOLDOWN_SECONDS for every path (the workers' default setting).
+COOLDOWN = 3600
 KINDS = ["invited", "active", "deactivated", "deleting", "deleted", "member", "foreign", "missing"]
 Result = tuple[str, str | None, tuple]
 
@@ -100,17 +101,11 @@ class Scene:
             insert(CourseEnrollment),
             [{"learner_id": member, "course_id": c} for c in self.params["course_ids"]],
         )
+        # Invited by another batch a minute ago: inside the cooldown.
         session.execute(
-            insert(Invitation),
-            [
-                {
-                    "school_id": school.school_id,
-                    "learner_id": member,
-                    "batch_id": batch_id,
-                    "token_hash": uuid.uuid4().hex,
-                }
-                for batch_id in batch_ids
-            ],
+            update(Learner)
+            .where(Learner.id == member)
+            .values(last_invited_at=datetime.now(UTC) - timedelta(minutes=1))
         )
         made["self"] = school.admin_id
         return made
@@ -153,6 +148,7 @@ class Scene:
                 self.params,
                 batch_id=batch_id,
                 grace_seconds=60,
+                invite_cooldown_seconds=COOLDOWN,
             )
             got[kind] = (str(outcome.kind), outcome.reason, self.effects(lid, batch_id))
             savepoint.rollback()
@@ -172,7 +168,7 @@ class Scene:
     def predicted(self, action: Action) -> dict[str, str | None]:
         """The dry run's reason for each learner (None: would be applied)."""
         ids = list(self.learners[action].values())
-        reason = predicted_reason(self.actor, action, self.params)
+        reason = predicted_reason(self.actor, action, self.params, COOLDOWN)
         rows = dict(
             self.session.execute(
                 select(Learner.id, reason).where(
@@ -185,11 +181,3 @@ class Scene:
 
 def reasons(results: dict[str, Result]) -> dict[str, str | None]:
     return {kind: reason for kind, (_, reason, _) in results.items()}
-
-
-def predictable(action: Action, results: dict[str, Result]) -> dict[str, Result]:
-    """What a dry run can know: it has no batch yet, so no learner is
-    'already invited by this batch'."""
-    if action == Action.RESEND_INVITATION:
-        return {k: v for k, v in results.items() if k != "member"}
-    return results

@@ -7,6 +7,9 @@ Create Date: 2026-12-03
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0006_invite_cooldown"
 down_revision: str | None = "0005_batch_retry_of"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +17,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass  # placeholder: filled by the change it is named after
+    # Nullable, no default: no row is rewritten. Invitations sent before the
+    # upgrade do not count towards the cooldown.
+    with op.batch_alter_table("learners") as batch_op:
+        batch_op.add_column(sa.Column("last_invited_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("learners") as batch_op:
+        batch_op.drop_column("last_invited_at")
