@@ -316,7 +316,7 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    console.print(f"reconciling every {settings.reconcile_interval_seconds}s")
+    reconciler.log.info("reconciling every %ss", settings.reconcile_interval_seconds)
     reconciler.run(sessions, publisher, settings, sender, stop)
 
 

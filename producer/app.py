@@ -20,7 +20,7 @@ from producer.auth import TokenBeforeBody
 from producer.limits import ApiRates, BodySizeLimit
 from producer.routes import router
 from producer.submit import SubmitError
-from shared import redaction
+from shared import logs, redaction
 from shared.dispatch import DispatchLoop
 from shared.metrics import DatabaseCollector, requests, serve_metrics
 from shared.publish import publisher_for
@@ -116,6 +116,7 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         return response
 
     # FastAPI's documented way to customise the schema is to replace the method.
+            extra=path_ids(request),
     app.openapi = lambda: _openapi_with_bearer_tokens(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
@@ -153,6 +154,17 @@ def _route_of(app: FastAPI, request: Request):
     """The route that answered, or would have: a middleware can answer (401,
     413) before routing has run."""
     route = request.scope.get("route")
+def path_ids(request: Request) -> dict[str, int]:
+    """The batch and learner a request's path names, for its log line: ids
+    that are numbers only (a path can hold anything a client typed)."""
+    params = request.scope.get("path_params") or {}
+    return {
+        name: int(value)
+        for name, value in params.items()
+        if name in logs.IDS and str(value).isdigit() and len(str(value)) < 19
+    }
+
+
     if route is None:
         # The API's routes by themselves: FastAPI's included-router wrapper has no name.
         routes = [*router.routes, *app.router.routes]
@@ -194,7 +206,7 @@ def serve(app: FastAPI, host: str, port: int) -> None:
 
     runtime: Runtime = app.state.runtime
     settings = runtime.settings
-    redaction.configure_logging()
+    logs.configure(settings)
     try:
         # Resolved at scrape time: starting must not wait on the database.
         collectors = [DatabaseCollector(runtime.sessions)]
@@ -207,4 +219,11 @@ def serve(app: FastAPI, host: str, port: int) -> None:
             settings.producer_metrics_port,
             exc.strerror,
         )
-    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+    )

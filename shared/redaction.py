@@ -72,10 +72,3 @@ def install(*logger_names: str) -> None:
         for handler in logging.getLogger(name or None).handlers:
             if not any(isinstance(f, RedactPII) for f in handler.filters):
                 handler.addFilter(shared)
-
-
-def configure_logging(*logger_names: str) -> None:
-    """How every long-running process logs: INFO and up to stderr, one line
-    per record, through the filter."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    install(*logger_names)

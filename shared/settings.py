@@ -7,16 +7,36 @@ the same names; they are part of the contract in docs/CONTRACT.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # HMAC keys shorter than this are refused (`openssl rand -hex 32` gives 64 characters).
 MIN_KEY_BYTES = 32
 
 
-class Settings(BaseSettings):
+class LogSettings(BaseSettings):
+    """How a process logs (shared/logs.py): read on their own first, so that a
+    process can log why the rest of its settings are refused."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
+
+    # `json`: one JSON object per line (for a log shipper); `text`: for people.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
+
+class Settings(LogSettings):
     # Errors never echo a value: settings hold keys and passwords.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 

@@ -15,7 +15,7 @@ import dramatiq
 from shared import redaction, runtime
 from shared.runtime import Runtime
 from shared.settings import Settings
-from workers import actors, metrics, middleware
+from workers import actors, log_context, metrics, middleware
 from workers.broker import WorkerBroker
 from workers.items import Items
 from workers.mail import InvitationSender
@@ -44,5 +44,6 @@ def start_worker(settings: Settings | None = None) -> WorkerRuntime:
     redaction.install("dramatiq")
     metrics.install(worker.broker)
     middleware.install(worker)
+    log_context.install(worker.broker)
     worker.actors = actors.declare(worker)
     return worker
