@@ -42,8 +42,13 @@ class Settings(LogSettings):
 
     # Embedded mode: a SQLite file in the working directory.
     database_url: str = "sqlite:///batch_actions.db"
-    # Empty means Dramatiq's in-process broker (embedded mode).
+    # Empty means Dramatiq's in-process broker (embedded mode). The nodes of a
+    # RabbitMQ cluster are separated by `;`, tried in order on every connect.
     broker_url: str = ""
+    # How every queue is declared: `classic` (priority queues, one node) or
+    # `quorum` (replicated over a cluster). A queue never changes type: see
+    # docs/OPERATIONS.md, "Moving to quorum queues".
+    queue_type: Literal["classic", "quorum"] = "classic"
     # Empty means no Redis: progress and rate limits fall back to the database.
     redis_url: str = ""
     # Empty means invitations are appended to a local mailbox file.
@@ -118,6 +123,17 @@ class Settings(LogSettings):
         for prefix in ("postgresql://", "postgres://"):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @field_validator("broker_url")
+    @classmethod
+    def _every_node_is_amqp(cls, url: str) -> str:
+        nodes = url.split(";")
+        if len(nodes) > 1 and not all(n.startswith(("amqp://", "amqps://")) for n in nodes):
+            raise ValueError(
+                "BROKER_URL lists several nodes: separate amqp:// URLs with `;`, e.g. "
+                "amqp://user:pw@rabbit-0:5672/vhost;amqp://user:pw@rabbit-1:5672/vhost"
+            )
         return url
 
     @field_validator("smtp_url")

@@ -24,6 +24,10 @@ drives the loop continuously. Same thread, same frames, same order; acks can
 only be delayed by one loop turn, and RabbitMQ redelivers an unacked message
 anyway if the connection drops before it is written.
 
+Delivery counts. On quorum queues RabbitMQ tells how often a message was
+delivered before (`x-delivery-count`); the consumer hands it to the crash
+loop guard as the message proxy's `delivery_count`.
+
 Undecodable bodies. Dramatiq's consumer logs a body it cannot decode, nacks
 it (to the dead letters) and yields nothing, so no middleware hook sees it.
 The consumer notes each delivery's body on its way to Dramatiq and hands an
@@ -38,9 +42,10 @@ from collections.abc import Iterator
 from functools import partial
 
 import pika.exceptions
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
 from dramatiq.errors import ConnectionClosed
 
+from shared.broker import TypedQueuesBroker
 from shared.publish import underlying_channel
 from workers.poison import PoisonMessages
 
@@ -50,16 +55,23 @@ class WorkerConsumer(_RabbitmqConsumer):
         super().__init__(broker, queue_name, prefetch, timeout)
         self._queue_ack = underlying_channel(self.channel).basic_ack
         self._body: bytes | None = None
+        self._delivery_count: int | None = None
         self.iterator = self._noting_bodies(self.iterator)
 
     def _noting_bodies(self, deliveries: Iterator) -> Iterator:
         for delivery in deliveries:
-            method, _properties, body = delivery
+            method, properties, body = delivery
             self._body = None if method is None else body  # None: the idle tick
+            # Quorum queues count earlier deliveries (absent on the first one).
+            headers = (properties.headers if method is not None else None) or {}
+            self._delivery_count = headers.get("x-delivery-count")
             yield delivery
 
     def __next__(self):
         message = super().__next__()
+        if message is not None:
+            # Read by `workers.crash_loop.CrashLoopGuard`; None on classic queues.
+            message.delivery_count = self._delivery_count
         # Dramatiq returns None for a delivery only when it could not decode it.
         if message is None and self._body is not None:
             body, self._body = self._body, None
@@ -81,7 +93,7 @@ class WorkerConsumer(_RabbitmqConsumer):
             self.logger.warning("Failed to ack message.", exc_info=True)
 
 
-class WorkerBroker(RabbitmqBroker):
+class WorkerBroker(TypedQueuesBroker):
     """The RabbitMQ broker of worker processes: consumers are `WorkerConsumer`s."""
 
     @property

@@ -67,7 +67,15 @@ class CrashLoopGuard(Middleware):
     comes back again runs alone in its process: if it is the culprit, it
     dies without taking innocent messages with it, and their counts stay
     low. First deliveries cost a lock and no Redis call; without Redis
-    nothing is counted (and a crash loop lasts until Redis is back)."""
+    nothing is counted on classic queues (and a crash loop lasts until Redis
+    is back).
+
+    On quorum queues (QUEUE_TYPE=quorum) RabbitMQ counts too: the guard also
+    reads the message's `x-delivery-count`, so it gives up at MAX_DELIVERIES
+    without Redis, and the queue's `x-delivery-limit` (MAX_DELIVERIES, set by
+    `shared.broker`) dead-letters the message one delivery later if the guard
+    never got to run it. Redis still counts per item, which carries the count
+    over to copies the reconciler republishes (a new message starts at 0)."""
 
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
@@ -112,6 +120,11 @@ class CrashLoopGuard(Middleware):
         if getattr(message, "redelivered", False) and message.actor_name in LEARNER_ACTORS:
             key = self.key(message)
             earlier = self._earlier(key)
+            # Quorum queues count deliveries themselves (`workers.broker`):
+            # this message's earlier redeliveries, with or without Redis.
+            delivered = getattr(message, "delivery_count", None)
+            if delivered:
+                earlier = max(earlier or 0, delivered - 1)
         if earlier is not None and earlier + 1 >= self.runtime.settings.max_deliveries:
             self._count(key)
             self._give_up(message, earlier + 1)
