@@ -357,6 +357,8 @@ class Batch(Base):
         UniqueConstraint("school_id", "idempotency_key", name="uq_batches_school_idem"),
         Index("ix_batches_school_id", "school_id", "id"),
         Index("ix_batches_status", "status"),
+        # Removing a batch (retention) unlinks its retries: a lookup, not a scan.
+        Index("ix_batches_retry_of", "retry_of"),
         CheckConstraint(_one_of("status", BatchStatus), name="status"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -71,6 +71,12 @@ class Settings(LogSettings):
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     stale_after_seconds: int = Field(default=120, ge=1)
     deletion_overdue_seconds: int = Field(default=30, ge=0)
+    # Retention, enforced by the reconciler (workers/retention.py): finished
+    # batches and their items go this many days after they finished, audit rows
+    # this many days after they were written; 0 keeps them forever. The trail
+    # never goes before the batches it describes (checked below).
+    batch_retention_days: int = Field(default=90, ge=0)
+    audit_retention_days: int = Field(default=365, ge=0)
     # HTTP API limits.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     api_rate_per_minute: int = Field(default=600, ge=1)
@@ -185,6 +191,18 @@ class Settings(LogSettings):
                     f"{name.upper()} must be at least {MIN_KEY_BYTES} bytes; "
                     "generate one with `openssl rand -hex 32`"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _audit_outlives_batches(self) -> Settings:
+        batch, audit = self.batch_retention_days, self.audit_retention_days
+        if audit and (not batch or audit < batch):
+            kept = f"{batch} days" if batch else "0 (batches kept forever)"
+            raise ValueError(
+                f"AUDIT_RETENTION_DAYS ({audit}) must not be shorter than BATCH_RETENTION_DAYS "
+                f"({kept}): the audit trail of a batch must outlive it; raise "
+                "AUDIT_RETENTION_DAYS (0 keeps the trail forever) or lower BATCH_RETENTION_DAYS"
+            )
         return self
 
     @model_validator(mode="after")

@@ -8,14 +8,16 @@ Each pass, safe to run in several replicas at once:
 - finalizes deletions more than `DELETION_OVERDUE_SECONDS` past due (a lost
   `finalize_deletion` message), well within the one-hour promise;
 - sends outbox invitations nobody picked up within `STALE_AFTER_SECONDS`
-  (their message was acked without a delivery attempt, e.g. given up on).
+  (their message was acked without a delivery attempt, e.g. given up on);
+- removes finished batches and audit rows past their retention, a bounded
+  number of short chunks a pass (`workers.retention`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -29,6 +31,7 @@ from shared.settings import Settings
 from workers.deletion import finalize_overdue
 from workers.errors import describe, is_transient
 from workers.mail import InvitationSender
+from workers.retention import Removed, remove_expired
 
 log = logging.getLogger(__name__)
 # Overdue purges are set-based, 2,000 learners a transaction; a pass does at
@@ -41,6 +44,7 @@ class Pass:
     published: int = 0
     finalized: int = 0
     invitations_sent: int = 0
+    removed: Removed = field(default_factory=Removed)
 
 
 def reconcile_once(
@@ -78,6 +82,7 @@ def reconcile_once(
                 if is_transient(exc):
                     break  # the mail server is down or busy: the next pass tries again
                 # Anything else concerns this row only (and marked it): go on.
+    result.removed = remove_expired(sessions, settings)
     return result
 
 
@@ -91,7 +96,7 @@ def run(
     while not stop.is_set():
         try:
             result = reconcile_once(sessions, publisher, settings, sender)
-            if result.published or result.finalized or result.invitations_sent:
+            if result.published or result.finalized or result.invitations_sent or result.removed:
                 log.info("reconcile pass: %s", result)
         except Exception as exc:
             log.warning("reconcile pass failed, will retry: %s", describe(exc))
