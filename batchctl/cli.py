@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from batchctl.watch import print_counts, watch_batch
+from batchctl.watch import EXIT_TIMEOUT, exit_code, print_counts, watch_batch
 from shared.contract import Action
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -24,7 +24,55 @@ ApiUrl = typer.Option(
     "http://127.0.0.1:8000", "--url", envvar="BATCH_API_URL", help="Producer base URL."
 )
 ApiToken = typer.Option(..., "--token", envvar="BATCH_API_TOKEN", help="Admin API token.")
+AsJson = typer.Option(False, "--json", help="Print only the result, as one JSON document.")
+Timeout = typer.Option(
+    None,
+    "--timeout",
+    min=0,
+    help=f"With --watch: give up after this many seconds (exit {EXIT_TIMEOUT}).",
+)
 ACTIONS = "|".join(Action)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"batchctl {version('batch-actions')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Options before any command (the app's help is the module's docstring)."""
+
+
+def _print_json(document: object) -> None:
+    """The one JSON document a `--json` command prints on stdout."""
+    typer.echo(json.dumps(document, default=str))
+
+
+def _watch(client, batch_id: int, timeout: float | None, as_json: bool) -> None:
+    """Follow the batch to its end (a bar on a terminal, progress lines in a
+    log or pipe), then exit with its outcome: 0 completed with no learner
+    failed, 3 failures, 4 cancelled, 124 still running at --timeout."""
+    from batch_actions_client import ApiError
+
+    live = sys.stdout.isatty() and console.is_terminal
+    try:
+        view = watch_batch(console, client, batch_id, timeout=timeout, live=live)
+    except ApiError as exc:
+        _fail(exc)
+    except TimeoutError as exc:
+        console.print(f"[yellow]timeout:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_TIMEOUT) from None
+    if as_json:
+        _print_json(view)
+    raise typer.Exit(exit_code(view))
 
 
 def _ids(text: str | None) -> list[int]:
@@ -293,7 +341,10 @@ def dramatiq_command(*arguments: str) -> list[str]:
 
 
 @app.command()
-def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -> None:
+def reconcile(
+    once: bool = typer.Option(False, help="Run one pass and exit."),
+    as_json: bool = typer.Option(False, "--json", help="With --once: the pass's counts as JSON."),
+) -> None:
     """Republish stuck items, finalize overdue deletions, complete batches."""
     _require_broker("reconcile")
     from shared import logs, runtime
@@ -311,7 +362,13 @@ def reconcile(once: bool = typer.Option(False, help="Run one pass and exit.")) -
     if not once:
         serve_metrics(settings.metrics_host, settings.metrics_port, [DatabaseCollector(sessions)])
     if once:
-        console.print(reconciler.reconcile_once(sessions, publisher, settings, sender))
+        from dataclasses import asdict
+
+        done = reconciler.reconcile_once(sessions, publisher, settings, sender)
+        if as_json:
+            _print_json(asdict(done))
+        else:
+            console.print(done)
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -325,6 +382,12 @@ def submit(
     action: str = typer.Argument(..., help=ACTIONS),
     learner_ids: str = typer.Option(None, help="Comma-separated learner ids."),
     ids_file: Path = typer.Option(None, help="A file of learner ids, one per line."),
+    csv_file: Path = typer.Option(
+        None,
+        "--csv",
+        help="A CSV file whose header names an email, external_id or learner_id column "
+        "(the first of these it has is read), one learner a row.",
+    ),
     status: list[str] = typer.Option(None, help="Filter: invited, active, deactivated."),
     group_id: int = typer.Option(None, help="Filter: members of this group."),
     q: str = typer.Option(None, help="Filter: part of an email or name."),
@@ -333,10 +396,14 @@ def submit(
     group_ids: str = typer.Option(None, help="add_to_group: the groups."),
     course_ids: str = typer.Option(None, help="add_to_course: the courses."),
     dry_run: bool = typer.Option(False, help="Only count what would happen."),
-    watch: bool = typer.Option(False, help="Follow progress until the batch ends."),
+    watch: bool = typer.Option(
+        False, help="Follow progress until the batch ends; exit 3 on failures, 4 if cancelled."
+    ),
+    timeout: float = Timeout,
     yes: bool = typer.Option(
         False, "--yes", help="Deactivate or delete over a filter without asking to confirm."
     ),
+    as_json: bool = AsJson,
     url: str = ApiUrl,
     api_token: str = ApiToken,
 ) -> None:
@@ -350,6 +417,7 @@ def submit(
     # One way of selecting: a flag of another would otherwise be silently ignored.
     given = {
         "--learner-ids/--ids-file": bool(learner_ids or ids_file),
+        "--csv": csv_file is not None,
         "a filter (--status/--group-id/--q/--exclude-ids)": bool(people or exclude_ids),
         "--all-not-activated": all_not_activated,
     }
@@ -360,13 +428,15 @@ def submit(
         )
     if ids:
         selection: dict = {"learner_ids": ids}
+    elif csv_file is not None:
+        selection = _read_csv(csv_file)
     elif all_not_activated:
         selection = {"all_not_activated": True}
     else:
         if not people:
             raise typer.BadParameter(
                 "select learners: --learner-ids, --ids-file, a filter "
-                "(--status/--group-id/--q) or --all-not-activated"
+                "(--status/--group-id/--q), --csv FILE or --all-not-activated"
             )
         selection = {"filter": people, "exclude_ids": _ids(exclude_ids)}
     params = {}
@@ -384,23 +454,57 @@ def submit(
             )
         except ApiError as exc:
             _fail(exc)
+        _say_unmatched(selection, view)
         if dry_run:
             print_counts(console, view, title=f"dry run: {action} on {view['total']:,} learners")
+            if as_json:
+                _print_json(view)
             return
         console.print(f"batch [bold]{view['id']}[/] {action}: {view['total']:,} learners")
-        typer.echo(json.dumps({"id": view["id"], "status": view["status"]}))
         if watch:
-            try:
-                watch_batch(console, client, view["id"])
-            except ApiError as exc:
-                _fail(exc)
+            if not as_json:
+                typer.echo(json.dumps({"id": view["id"], "status": view["status"]}))
+            _watch(client, view["id"], timeout, as_json)
+        if as_json:
+            _print_json(view)
+        else:
+            typer.echo(json.dumps({"id": view["id"], "status": view["status"]}))
+
+
+def _read_csv(path: Path) -> dict:
+    """The selection a CSV file names; one clear error (with its line) otherwise."""
+    from batch_actions_client import SelectionFileError, read_selection
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as lines:
+            return read_selection(lines, name=str(path))
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from None
+    except SelectionFileError as exc:
+        _fail(exc)
+        raise
+
+
+def _say_unmatched(selection: dict, view: dict) -> None:
+    """Emails or external ids that matched no learner: how many, and the first few."""
+    unmatched = view.get("unmatched") or {}
+    if unmatched.get("count"):
+        kind = "emails" if "emails" in selection else "external ids"
+        first = ", ".join(unmatched.get("first", []))
+        more = " ..." if unmatched["count"] > len(unmatched.get("first", [])) else ""
+        console.print(
+            f"[yellow]{unmatched['count']:,} {kind} matched no learner:[/] {first}{more}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _needs_confirmation(action: str, selection: dict) -> bool:
     """Deactivate or delete over anything but explicit ids: an empty filter is
     the whole school (the API wants the confirmed count, `expected_total`)."""
     known = action in Action.__members__.values()
-    return known and Action(action).destructive and "learner_ids" not in selection
+    explicit = {"learner_ids", "emails", "external_ids"} & selection.keys()
+    return known and Action(action).destructive and not explicit
 
 
 def _interactive() -> bool:
@@ -435,23 +539,29 @@ def _confirmed_count(client, action: str, selection: dict, params: dict, yes: bo
 @app.command()
 def status(
     batch_id: int = typer.Argument(...),
-    watch: bool = typer.Option(False, "--watch", help="Live progress bar until it ends."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Follow progress until it ends (a bar on a terminal, progress lines otherwise); "
+        "exit 3 on failures, 4 if cancelled.",
+    ),
+    timeout: float = Timeout,
+    as_json: bool = AsJson,
     url: str = ApiUrl,
     api_token: str = ApiToken,
 ) -> None:
-    """Show a batch: counts, percent, rate and ETA."""
+    """Show a batch: counts, percent, rate and ETA (its view as JSON on stdout)."""
     from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
+        if watch:
+            _watch(client, batch_id, timeout, as_json=True)
         try:
-            if watch:
-                view = watch_batch(console, client, batch_id)
-            else:
-                view = client.batch(batch_id)
-                print_counts(console, view, title=f"batch {batch_id}: {view['status']}")
+            view = client.batch(batch_id)
         except ApiError as exc:
             _fail(exc)
-        typer.echo(json.dumps(view, default=str))
+        print_counts(console, view, title=f"batch {batch_id}: {view['status']}")
+        _print_json(view)
 
 
 @app.command()
@@ -459,14 +569,24 @@ def items(
     batch_id: int = typer.Argument(...),
     outcome: str = typer.Option(None, help="pending, applied, skipped, failed, cancelled."),
     reason: str = typer.Option(None, help="A reason code, e.g. self or not_found."),
+    as_csv: bool = typer.Option(
+        False,
+        "--csv",
+        help="CSV as the API sends it: learner_id,external_id,email,outcome,reason,error,"
+        "finished_at, the header first.",
+    ),
     url: str = ApiUrl,
     api_token: str = ApiToken,
 ) -> None:
-    """List a batch's per-learner results as JSON lines."""
+    """List a batch's per-learner results as JSON lines (or --csv)."""
     from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
+            if as_csv:
+                for line in client.items_csv(batch_id, outcome=outcome, reason=reason):
+                    typer.echo(line)
+                return
             for item in client.items(batch_id, outcome=outcome, reason=reason):
                 typer.echo(json.dumps(item))
         except ApiError as exc:
@@ -474,16 +594,32 @@ def items(
 
 
 @app.command()
-def cancel(batch_id: int = typer.Argument(...), url: str = ApiUrl, api_token: str = ApiToken):
-    """Cancel a batch: no new learner starts; what was applied stays applied."""
+def cancel(
+    batch_id: int = typer.Argument(...),
+    as_json: bool = AsJson,
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Cancel a batch: no new learner starts; what was applied stays applied.
+    Cancelling a batch already cancelled is not an error (exit 0); one that
+    completed or failed is (exit 1: nothing to cancel)."""
     from batch_actions_client import ApiError
 
     with _client(url, api_token) as client:
         try:
-            view = client.cancel(batch_id)
+            try:
+                view = client.cancel(batch_id)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                view = client.batch(batch_id)
+                if view["status"] != "cancelled":
+                    raise exc from None
         except ApiError as exc:
             _fail(exc)
         console.print(f"batch {batch_id} is {view['status']}")
+        if as_json:
+            _print_json(view)
 
 
 @app.command()
@@ -512,6 +648,85 @@ def retry(
                 watch_batch(console, client, view["id"])
             except ApiError as exc:
                 _fail(exc)
+
+
+@app.command()
+def batches(
+    status: str = typer.Option(
+        None, help="Only batches of this status: queued, running, completed, cancelled, ..."
+    ),
+    action: str = typer.Option(None, help=f"Only batches of this action: {ACTIONS}."),
+    limit: int = typer.Option(20, min=1, max=10_000, help="At most this many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON array of the batches' views."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Your school's batches, newest first: a table (or --json)."""
+    from batch_actions_client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            found = client.batches(limit=limit, status=status, action=action)
+        except ApiError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(found)
+        return
+    typer.echo(f"{'id':>8}  {'action':<20} {'status':<10} {'total':>9} {'failed':>7}  created_at")
+    for view in found:
+        typer.echo(
+            f"{view['id']:>8}  {view['action']:<20} {view['status']:<10} {view['total']:>9,} "
+            f"{view['counts'].get('failed', 0):>7,}  {view['created_at']}"
+        )
+
+
+@app.command()
+def learners(
+    status: list[str] = typer.Option(None, help="invited, active, deactivated (repeatable)."),
+    group_id: int = typer.Option(None, help="Members of this group."),
+    q: str = typer.Option(None, help="Part of an email or name."),
+    limit: int = typer.Option(None, min=1, help="At most this many (default: all)."),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """The people list, as JSON lines: the same filter `submit` takes."""
+    from itertools import islice
+
+    from batch_actions_client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            found = client.learners(status=status or None, group_id=group_id, q=q)
+            for learner in islice(found, limit):
+                typer.echo(json.dumps(learner))
+        except ApiError as exc:
+            _fail(exc)
+
+
+@app.command()
+def access(
+    learner_id: int = typer.Argument(...),
+    as_json: bool = AsJson,
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """The courses and learning paths a learner can open right now."""
+    from batch_actions_client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            granted = client.access(learner_id)
+        except ApiError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(granted)
+        return
+
+    def listed(ids: list[int]) -> str:
+        return ", ".join(map(str, ids)) or "none"
+
+    typer.echo(f"courses: {listed(granted['course_ids'])}")
+    typer.echo(f"learning paths: {listed(granted['learning_path_ids'])}")
 
 
 @app.command()
