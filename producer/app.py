@@ -20,6 +20,7 @@ from producer.auth import TokenBeforeBody
 from producer.limits import ApiRates, BodySizeLimit
 from producer.routes import router
 from producer.submit import SubmitError
+from producer.unavailable import DatabaseUnavailable
 from shared import logs, redaction
 from shared.dispatch import DispatchLoop
 from shared.metrics import DatabaseCollector, requests, serve_metrics
@@ -68,6 +69,7 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(TokenBeforeBody)  # outermost: a 401 before any body is read
+    app.add_middleware(DatabaseUnavailable)  # 503, also for the token check's query
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:

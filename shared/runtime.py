@@ -41,7 +41,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: Engine = make_engine(settings.database_url)
+        self.engine: Engine = make_engine(
+            settings.database_url, settings.database_pool_size, settings.database_max_overflow
+        )
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
         # Redis keys are scoped to the database they count for, so two
         # deployments (or test runs) sharing one Redis never mix batch ids.

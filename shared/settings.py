@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 # HMAC keys shorter than this are refused (`openssl rand -hex 32` gives 64 characters).
 MIN_KEY_BYTES = 32
@@ -42,6 +44,11 @@ class Settings(LogSettings):
 
     # Embedded mode: a SQLite file in the working directory.
     database_url: str = "sqlite:///batch_actions.db"
+    # Each process's pool of database connections (PostgreSQL): kept open,
+    # and opened beyond it under load, then closed. Every process's pool
+    # together must fit the server's max_connections.
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
     # Empty means Dramatiq's in-process broker (embedded mode). The nodes of a
     # RabbitMQ cluster are separated by `;`, tried in order on every connect.
     broker_url: str = ""
@@ -139,6 +146,31 @@ class Settings(LogSettings):
             raise ValueError(
                 "BROKER_URL lists several nodes: separate amqp:// URLs with `;`, e.g. "
                 "amqp://user:pw@rabbit-0:5672/vhost;amqp://user:pw@rabbit-1:5672/vhost"
+            )
+        return url
+
+    @field_validator("database_url")
+    @classmethod
+    def _several_hosts_reach_the_primary(cls, url: str) -> str:
+        # The messages never quote the URL: it can hold a password.
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "DATABASE_URL cannot be read as a database URL (several hosts go in its "
+                "query, not before the database name); for a primary and a standby use "
+                "postgresql+psycopg://user:password@/db?host=HOST1:5432&host=HOST2:5432"
+                "&target_session_attrs=read-write"
+            ) from None
+        given = parsed.query.get("host", ())
+        hosts = [given] if isinstance(given, str) else list(given)
+        several = len(hosts) > 1 or any("," in h for h in [*hosts, parsed.host or ""])
+        attrs = parsed.query.get("target_session_attrs")
+        if several and attrs not in ("read-write", "primary"):
+            raise ValueError(
+                "DATABASE_URL names several hosts without target_session_attrs=read-write: "
+                "connections could reach the standby, which refuses every write; add "
+                "&target_session_attrs=read-write"
             )
         return url
 

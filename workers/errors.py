@@ -1,10 +1,11 @@
 """Which failures are worth retrying, and how to describe one without PII.
 
 Transient: the database or SMTP server unreachable, a connection dropped, a
-lock or statement timeout, a serialization failure or deadlock. Everything
-else is permanent: retrying would fail the same way, so the item is marked
-`failed` at once. Error texts from drivers can quote row values (an email in a
-unique-violation detail), so only the exception type and SQLSTATE are kept.
+lock or statement timeout, a serialization failure or deadlock, a standby
+refusing a write (during a failover). Everything else is permanent:
+retrying would fail the same way, so the item is marked `failed` at once.
+Error texts from drivers can quote row values (an email in a unique-violation
+detail), so only the exception type and SQLSTATE are kept.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected
+    "25006",  # read_only_sql_transaction (a standby, or a primary being demoted)
     "55P03",  # lock_not_available (lock_timeout)
     "57014",  # query_canceled (statement_timeout)
     "57P01",  # admin_shutdown (pg_terminate_backend)

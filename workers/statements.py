@@ -53,10 +53,10 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
-from sqlalchemy.engine import make_url
 
 from shared.batches import BatchContext
 from shared.contract import Action
+from shared.db import libpq_conninfo
 from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome, Learner
 from shared.outcomes import Outcome, Reason
 from shared.rules import RULES, Change, Rule
@@ -227,8 +227,7 @@ class Connections:
     dropped when it breaks (the message is retried on a fresh one)."""
 
     def __init__(self, database_url: str) -> None:
-        url = make_url(database_url).set(drivername="postgresql")
-        self.conninfo = url.render_as_string(hide_password=False)
+        self.conninfo = libpq_conninfo(database_url)  # several hosts too (a failover pair)
         self.local = threading.local()
 
     def get(self) -> psycopg.Connection:
