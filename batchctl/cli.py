@@ -729,6 +729,85 @@ def access(
     typer.echo(f"learning paths: {listed(granted['learning_path_ids'])}")
 
 
+webhooks_app = typer.Typer(
+    no_args_is_help=True,
+    help="Completion webhooks: list, add, delete, rotate a secret, see deliveries.",
+)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+def _webhook_call(url: str, api_token: str, call):
+    """Run `call(client)`; one error line and exit 1 if the API refuses."""
+    from batch_actions_client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            return call(client)
+        except ApiError as exc:
+            _fail(exc)
+
+
+@webhooks_app.command("list")
+def webhooks_list(url: str = ApiUrl, api_token: str = ApiToken) -> None:
+    """Your school's endpoints as JSON lines (never a secret)."""
+    for endpoint in _webhook_call(url, api_token, lambda client: client.webhooks()):
+        typer.echo(json.dumps(endpoint))
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    endpoint_url: str = typer.Argument(..., help="Where to POST the events (https://...)."),
+    event: list[str] = typer.Option(
+        None, "--event", help="batch.completed, batch.cancelled, batch.failed (default: all)."
+    ),
+    url: str = ApiUrl,
+    api_token: str = ApiToken,
+) -> None:
+    """Register an endpoint. Its `whsec_...` secret is printed this once (in
+    the JSON on stdout): keep it to verify deliveries."""
+    from batch_actions_client.client import WEBHOOK_EVENTS
+
+    events = event or list(WEBHOOK_EVENTS)
+    created = _webhook_call(url, api_token, lambda client: client.add_webhook(endpoint_url, events))
+    console.print(f"webhook {created['id']} added; its secret is shown this once")
+    _print_json(created)
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(
+    webhook_id: int = typer.Argument(...), url: str = ApiUrl, api_token: str = ApiToken
+) -> None:
+    """Delete an endpoint: nothing more is delivered to it."""
+    _webhook_call(url, api_token, lambda client: client.delete_webhook(webhook_id))
+    console.print(f"webhook {webhook_id} deleted")
+
+
+@webhooks_app.command("rotate")
+def webhooks_rotate(
+    webhook_id: int = typer.Argument(...), url: str = ApiUrl, api_token: str = ApiToken
+) -> None:
+    """A new secret (printed this once, in the JSON on stdout); the previous
+    one still signs, as a second signature, for a grace period."""
+    rotated = _webhook_call(url, api_token, lambda client: client.rotate_webhook_secret(webhook_id))
+    console.print(f"webhook {webhook_id} has a new secret; it is shown this once")
+    _print_json(rotated)
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    webhook_id: int = typer.Argument(...), url: str = ApiUrl, api_token: str = ApiToken
+) -> None:
+    """An endpoint's deliveries, each with its attempts, as JSON lines."""
+    from batch_actions_client import ApiError
+
+    with _client(url, api_token) as client:
+        try:
+            for delivery in client.webhook_deliveries(webhook_id):
+                typer.echo(json.dumps(delivery))
+        except ApiError as exc:
+            _fail(exc)
+
+
 @app.command()
 def demo(
     learners: int = typer.Option(2000, min=10, help="Learners in the demo school."),

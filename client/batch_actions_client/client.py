@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from batch_actions_client.retries import (
 )
 
 FINISHED = frozenset({"completed", "cancelled", "failed"})
+WEBHOOK_EVENTS = ("batch.completed", "batch.cancelled", "batch.failed")
 # The request never left: retrying cannot apply anything twice, whatever the method.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -265,25 +266,33 @@ class BatchClient:
 
     # --- Webhooks ---
 
-    def add_webhook(self, url: str, **fields: Any) -> dict:
-        """Register an endpoint; the answer carries its `whsec_...` secret,
-        shown this once."""
-        return self._call("POST", "/v1/webhooks", json={"url": url, **fields})
+    def add_webhook(self, url: str, events: Sequence[str] = WEBHOOK_EVENTS) -> dict:
+        """Register an endpoint for `events`; the answer carries its
+        `whsec_...` secret, shown this once (verify deliveries with it:
+        `verify_webhook`)."""
+        return self._call("POST", "/v1/webhooks", json={"url": url, "events": list(events)})
 
     def webhooks(self) -> list[dict]:
-        answer = self._call("GET", "/v1/webhooks")
-        return answer["webhooks"] if isinstance(answer, dict) else answer
+        """The school's endpoints (never their secrets)."""
+        return self._call("GET", "/v1/webhooks")["endpoints"]
 
     def delete_webhook(self, webhook_id: int) -> None:
         self._response("DELETE", f"/v1/webhooks/{webhook_id}")
 
     def rotate_webhook_secret(self, webhook_id: int) -> dict:
-        """A new secret; the answer carries it, shown this once."""
+        """A new secret, in the answer this once; the previous one still
+        signs for a grace period (a second signature)."""
         return self._call("POST", f"/v1/webhooks/{webhook_id}/rotate-secret")
 
-    def webhook_deliveries(self, webhook_id: int) -> list[dict]:
-        answer = self._call("GET", f"/v1/webhooks/{webhook_id}/deliveries")
-        return answer["deliveries"] if isinstance(answer, dict) else answer
+    def webhook_deliveries(self, webhook_id: int) -> Iterator[dict]:
+        """The endpoint's deliveries with every attempt, page by page."""
+        params: dict[str, Any] = {}
+        while True:
+            page = self._call("GET", f"/v1/webhooks/{webhook_id}/deliveries", params=params)
+            yield from page["deliveries"]
+            if page.get("next_cursor") is None:
+                return
+            params["cursor"] = page["next_cursor"]
 
     # --- The audit trail and API tokens ---
 
