@@ -130,10 +130,12 @@ def seed_school(
 
     params = {"school": school_id, "n": learners}
     steps = [
-        # Three in ten have not activated their account yet.
-        f"""INSERT INTO learners (school_id, email, name, status, is_admin, activated_at)
+        # Three in ten have not activated their account yet. Each has the
+        # school's own identifier `sis-<n>` (selections by `external_ids`).
+        f"""INSERT INTO learners
+                (school_id, email, name, external_id, status, is_admin, activated_at)
             SELECT :school, 'learner' || n || '@school' || :school || '.example.com',
-                   'Learner ' || n || ' of school ' || :school,
+                   'Learner ' || n || ' of school ' || :school, 'sis-' || n,
                    CASE WHEN n % 10 < 3 THEN 'invited' ELSE 'active' END, false,
                    CASE WHEN n % 10 < 3 THEN NULL ELSE CURRENT_TIMESTAMP END
             FROM {_series(dialect, "n")}""",

@@ -26,6 +26,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    column,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -132,6 +134,9 @@ class Learner(Base):
     __tablename__ = "learners"
     __table_args__ = (
         UniqueConstraint("school_id", "email", name="uq_learners_school_email"),
+        UniqueConstraint("school_id", "external_id", name="uq_learners_school_external_id"),
+        # `{"emails": [...]}` selections match case-insensitively (producer/selection.py).
+        Index("ix_learners_school_email_lower", "school_id", func.lower(column("email"))),
         Index("ix_learners_school_status_id", "school_id", "status", "id"),
         Index("ix_learners_deletion_due", "deletion_due_at"),
         CheckConstraint(_one_of("status", LearnerStatus), name="status"),
@@ -140,6 +145,8 @@ class Learner(Base):
     school_id: Mapped[int] = _school_fk()
     email: Mapped[str | None] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200))
+    # The school's own identifier (its student information system's id).
+    external_id: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=LearnerStatus.INVITED)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = _now()
