@@ -5,6 +5,7 @@ with the client's own `verify_webhook` (issue #13 section 4)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -13,15 +14,26 @@ import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from batch_actions_client import ApiError, BatchClient
+from batch_actions_client import ApiError, BatchClient, WebhookVerificationError, verify_webhook
 from batchctl.seed import seed_school
-from shared.models import School
-from tests.support.factories import learner_ids
+from shared.models import Learner, School
+from tests.conftest import Stack
+from tests.support.factories import learner_ids, make_group
 from tests.support.parked import park_batch
+from tests.support.services import (
+    Process,
+    RabbitVhost,
+    SmtpServer,
+    free_port,
+    http_ok,
+    stack_env,
+    wait_until,
+)
 
 # --- Retries against a real HTTP server ---
 
@@ -224,3 +236,138 @@ def test_every_result_is_one_json_document_with_json(stack, session, school):
     reconciled = batchctl(stack, school.token, "reconcile", "--once", "--json")
     assert reconciled.returncode == 0, reconciled.stderr
     assert set(one_json(reconciled)) >= {"published", "finalized", "invitations_sent"}
+
+
+# --- The upstream flow end to end: a CSV of emails, the webhook, the results ---
+
+# Deliveries to a receiver on 127.0.0.1 over plain http, soon after the batch ends.
+WEBHOOK_SETTINGS = {
+    "WEBHOOK_ALLOW_HTTP": "true",
+    "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+    "WEBHOOK_BACKOFF_MIN_SECONDS": "1",
+    "WEBHOOK_BACKOFF_MAX_SECONDS": "2",
+    "RECONCILE_INTERVAL_SECONDS": "0.5",
+}
+RESULTS_HEADER = "learner_id,external_id,email,outcome,reason,error,finished_at"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Records each POST's headers and raw body; answers 204."""
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.received.append((dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, type[Receiver]]]:
+    Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/batch-actions", Receiver
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def hook_stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
+    """Producer, worker and reconciler with WEBHOOK_SETTINGS, on a vhost of their own."""
+    logs = tmp_path_factory.mktemp("client-hook-stack")
+    vhost, smtp, port = RabbitVhost(), SmtpServer(), free_port()
+    env = stack_env(database_url, vhost, smtp, **WEBHOOK_SETTINGS)
+    producer = Process.batchctl(["serve", "--port", str(port)], env, logs / "producer.log")
+    worker = Process.batchctl(
+        ["worker", "--processes", "1", "--threads", "4"], env, logs / "worker.log"
+    )
+    reconciler = Process.batchctl(
+        ["reconcile"], {**env, "METRICS_PORT": str(free_port())}, logs / "reconciler.log"
+    )
+    running = Stack(env, f"http://127.0.0.1:{port}", vhost, smtp, producer, worker)
+    try:
+        wait_until(lambda: http_ok(f"{running.base_url}/healthz"), 30, "the producer", producer)
+        wait_until(lambda: vhost.queues.consumers("add_to_group"), 60, "the worker", worker)
+        yield running
+    finally:
+        for process in (producer, worker, reconciler):
+            process.stop()
+        smtp.stop()
+        vhost.delete()
+
+
+def test_upstream_flow_csv_of_emails_then_the_webhook_then_the_results(
+    hook_stack, receiver, session, tmp_path: Path
+):
+    """What README's "Upstream flow" shows: submit by email from a CSV, a
+    delivery that the client's own verify_webhook accepts (the server's
+    signing is written separately: this is the cross-check), results as CSV."""
+    url, received = receiver
+    seeded = seed_school(session, learners=20, groups=2, courses=1, name="Upstream School")
+    group_id, _, _ = make_group(session, seeded.school_id)
+    chosen = learner_ids(session, seeded.school_id, status="active")[:3]
+    picked = select(Learner.id, Learner.email).where(Learner.id.in_(chosen))
+    emails = {learner: email for learner, email in session.execute(picked)}
+    session.commit()
+
+    added = batchctl(hook_stack, seeded.token, "webhooks", "add", url, "--event", "batch.completed")
+    assert added.returncode == 0, added.stderr
+    secret = one_json(added)["secret"]
+    assert secret.startswith("whsec_")
+
+    people = tmp_path / "learners.csv"
+    rows = [f"Learner {i},{email.upper()}" for i, email in enumerate(emails.values())]
+    people.write_text("name,email\n" + "\n".join(rows) + "\nNobody,nobody@nowhere.test\n\n")
+    submitted = batchctl(
+        hook_stack,
+        seeded.token,
+        "submit",
+        "add_to_group",
+        "--group-ids",
+        str(group_id),
+        "--csv",
+        str(people),
+        "--json",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch = one_json(submitted)
+    assert batch["total"] == 3
+    assert batch["unmatched"] == {"count": 1, "first": ["nobody@nowhere.test"]}
+    assert "1 emails matched no learner: nobody@nowhere.test" in submitted.stderr
+
+    wait_until(lambda: received.received, 60, "the webhook delivery")
+    headers, body = received.received[0]
+    event = verify_webhook(secret, headers, body)
+    assert event["type"] == "batch.completed" and event["data"]["id"] == batch["id"]
+    assert event["data"]["counts"]["applied"] == 3
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(secret, headers, body.replace(b'"applied":3', b'"applied":4'))
+
+    results = batchctl(hook_stack, seeded.token, "items", str(batch["id"]), "--csv")
+    assert results.returncode == 0, results.stderr
+    lines = results.stdout.splitlines()
+    assert lines[0] == RESULTS_HEADER
+    by_learner = {int(row[0]): row for row in csv.reader(lines[1:])}
+    assert set(by_learner) == set(chosen)
+    assert {row[2] for row in by_learner.values()} == set(emails.values())
+    assert {row[3] for row in by_learner.values()} == {"applied"}
+
+
+def test_a_bad_csv_is_one_error_naming_its_line_and_submits_nothing(stack, session, tmp_path):
+    seeded = seed_school(session, learners=5, groups=1, courses=1, name="Bad File School")
+    session.commit()
+    bad = tmp_path / "ids.csv"
+    bad.write_text("learner_id,name\n1,Ann\n2x,Bob\n3,Cy\n")
+    refused = batchctl(stack, seeded.token, "submit", "add_to_group", "--csv", str(bad))
+    assert refused.returncode == 1
+    assert f"{bad} line 3: learner_id '2x' is not a whole number above 0" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    listed = batchctl(stack, seeded.token, "batches", "--json")
+    assert one_json(listed) == []
+    missing = batchctl(stack, seeded.token, "submit", "add_to_group", "--csv", "/nonexistent.csv")
+    assert missing.returncode == 2 and "cannot read /nonexistent.csv" in missing.stderr
