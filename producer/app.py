@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.routing import Match, Route
 
+from producer import webhooks
 from producer.auth import TokenBeforeBody
 from producer.limits import ApiRates, BodySizeLimit
 from producer.routes import router
@@ -67,6 +68,7 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
     app.state.runtime = runtime
     app.state.rate = ApiRates(runtime.settings, runtime.redis, runtime.namespace)
     app.include_router(router)
+    app.include_router(webhooks.router)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(TokenBeforeBody)  # outermost: a 401 before any body is read
     app.add_middleware(DatabaseUnavailable)  # 503, also for the token check's query

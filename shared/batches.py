@@ -22,6 +22,7 @@ from shared.models import (
     BatchStatus,
     ItemOutcome,
 )
+from shared.webhooks import record_batch_end
 
 CANCEL_CHUNK = 5000
 
@@ -102,6 +103,7 @@ def complete_if_finished(session: Session, batch_id: int) -> bool:
     )
     if done:
         record_batch_event(session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.COMPLETED)
+        record_batch_end(session, batch_id, BatchStatus.COMPLETED)
     return bool(done)
 
 
@@ -216,6 +218,7 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
                 record_batch_event(
                     session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.CANCELLED
                 )
+                record_batch_end(session, batch_id, BatchStatus.CANCELLED)
     return cancelled
 
 

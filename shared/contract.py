@@ -3,7 +3,7 @@
 Queue names are part of the contract in docs/CONTRACT.md (deploy files, dashboards
 and KEDA scalers name them). A message carries ids only, never people:
 `(batch_id, learner_id)` for a batch action, `(school_id, learner_id)` for
-`finalize_deletion`.
+`finalize_deletion`, `(delivery_id,)` for `deliver_webhook`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class Action(enum.StrEnum):
 
 
 FINALIZE_DELETION_QUEUE = "finalize_deletion"
-QUEUES = [a.queue for a in Action] + [FINALIZE_DELETION_QUEUE]
+# One completion webhook to one school endpoint: `(delivery_id,)` (workers/webhooks.py).
+WEBHOOK_QUEUE = "deliver_webhook"
+QUEUES = [a.queue for a in Action] + [FINALIZE_DELETION_QUEUE, WEBHOOK_QUEUE]
 # Actors whose message names a batch item: (batch_id, learner_id).
 ITEM_ACTORS = frozenset(a.value for a in Action)
 # Every actor that acts on one learner (counted in metrics, crash-loop guarded).

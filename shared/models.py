@@ -440,3 +440,96 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = _now()
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A webhook delivery: being tried (`pending`), or over."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # every attempt failed: given up
+
+
+class WebhookEndpoint(Base):
+    """A school's URL that hears when its batches end (`shared/webhooks.py`).
+    The signing secret is stored sealed (it must be recoverable to sign,
+    unlike a token); after a rotation the previous one signs too until
+    `previous_secret_until`."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_school_id", "school_id", "id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    url: Mapped[str] = mapped_column(String(2048))
+    # Space-separated event names (`batch.completed batch.cancelled`).
+    events: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None]
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _now()
+
+
+class WebhookEvent(Base):
+    """A batch ended, for a school with an endpoint that listens: written in
+    the transaction that ends the batch. `message_id` is the `webhook-id`
+    every attempt at every endpoint carries; `body` is frozen by the first
+    attempt, so every attempt sends the same bytes."""
+
+    __tablename__ = "webhook_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    school_id: Mapped[int] = _school_fk()
+    batch_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
+    type: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint. The retry schedule lives here
+    (`next_attempt_at`); the reconciler publishes a delivery when it is due."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+        Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        CheckConstraint(_one_of("status", DeliveryStatus), name="status"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("webhook_events.id", ondelete="CASCADE")
+    )
+    endpoint_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = _now()
+    # A worker holds the delivery until then (a killed one lets go by itself).
+    locked_until: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]
+    published_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now()
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: the answer's status code, or the
+    error's kind (never the receiver's body)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempted_at: Mapped[datetime] = _now()
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(64))
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)

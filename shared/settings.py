@@ -129,6 +129,28 @@ class Settings(LogSettings):
     # SIGNING_KEY_PREVIOUS is accepted for links too while rotating).
     invite_link_key: str = ""
 
+    # Completion webhooks (docs/SECURITY.md, "Webhooks"). Endpoints that
+    # resolve to loopback, private, link-local or reserved addresses, and
+    # plain http:// URLs, are refused unless allowed (local development and
+    # tests); cloud metadata addresses are refused always.
+    webhook_allow_private_addresses: bool = False
+    webhook_allow_http: bool = False
+    # One attempt's HTTP timeout (connect, send, each read).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Retries: WEBHOOK_BACKOFF_MIN_SECONDS doubling to WEBHOOK_BACKOFF_MAX_SECONDS,
+    # WEBHOOK_MAX_ATTEMPTS attempts in all (the defaults span about 32 hours).
+    webhook_max_attempts: int = Field(default=15, ge=1, le=100)
+    webhook_backoff_min_seconds: float = Field(default=30.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    # After a secret rotation, deliveries carry a signature with the old
+    # secret too for this long, so receivers can switch without a gap.
+    webhook_secret_grace_hours: float = Field(default=24.0, ge=0)
+    # Key (32+ bytes) that encrypts the stored signing secrets of endpoints.
+    # Empty: derived from SIGNING_KEY (secrets sealed with SIGNING_KEY_PREVIOUS
+    # still open while rotating). Without either, as in the embedded demo,
+    # secrets are stored under a fixed key: obscured, not protected.
+    webhook_secret_key: str = ""
+
     @field_validator("database_url")
     @classmethod
     def _use_psycopg3(cls, url: str) -> str:
@@ -217,7 +239,12 @@ class Settings(LogSettings):
                 "anyone's messages): give every process the same 32+ byte key, "
                 "e.g. `openssl rand -hex 32`"
             )
-        for name in ("signing_key", "signing_key_previous", "invite_link_key"):
+        for name in (
+            "signing_key",
+            "signing_key_previous",
+            "invite_link_key",
+            "webhook_secret_key",
+        ):
             if 0 < len(getattr(self, name).encode()) < MIN_KEY_BYTES:
                 raise ValueError(
                     f"{name.upper()} must be at least {MIN_KEY_BYTES} bytes; "

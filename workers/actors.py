@@ -2,7 +2,8 @@
 `finalize_deletion`. Declared on a worker runtime's broker by `declare`.
 
 Actors stay thin: the work is in `workers.items` (the per-learner hot path),
-`workers.mail` (invitation delivery) and `workers.deletion`. Each returns
+`workers.mail` (invitation delivery), `workers.deletion` and
+`workers.webhooks` (`deliver_webhook`). Each returns
 the outcome's label, which `workers.metrics.LearnerMetrics` counts.
 """
 
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
-from shared.contract import FINALIZE_DELETION_QUEUE, Action
+from shared.contract import FINALIZE_DELETION_QUEUE, WEBHOOK_QUEUE, Action
+from workers import webhooks
 from workers.deletion import finalize_learner
 from workers.errors import PermanentFailure, describe, is_transient
 
@@ -79,4 +81,5 @@ def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
 
     declared = {action.value: item_actor(action) for action in Action}
     declared[FINALIZE_DELETION_QUEUE] = finalizer
+    declared[WEBHOOK_QUEUE] = webhooks.declare(runtime)
     return declared

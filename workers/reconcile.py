@@ -5,6 +5,8 @@ Each pass, safe to run in several replicas at once:
   completes batches whose Redis counters missed (`shared.dispatch.tick`);
 - republishes the in-flight items of a batch that made no progress for
   `STALE_AFTER_SECONDS` (a lost message, a dead producer);
+- publishes the webhook deliveries that are due: first attempts, retries,
+  and those a killed worker held (`shared.webhooks.publish_due`);
 - finalizes deletions more than `DELETION_OVERDUE_SECONDS` past due (a lost
   `finalize_deletion` message), well within the one-hour promise;
 - sends outbox invitations nobody picked up within `STALE_AFTER_SECONDS`
@@ -28,6 +30,7 @@ from shared.dispatch import tick
 from shared.models import Invitation
 from shared.publish import Publisher
 from shared.settings import Settings
+from shared.webhooks import publish_due
 from workers.deletion import finalize_overdue
 from workers.errors import describe, is_transient
 from workers.mail import InvitationSender
@@ -44,6 +47,7 @@ class Pass:
     published: int = 0
     finalized: int = 0
     invitations_sent: int = 0
+    webhooks_published: int = 0
     removed: Removed = field(default_factory=Removed)
 
 
@@ -56,6 +60,7 @@ def reconcile_once(
     result = Pass()
     stale_after = timedelta(seconds=settings.stale_after_seconds)
     result.published = tick(sessions, publisher, settings.dispatch_window, stale_after=stale_after)
+    result.webhooks_published = publish_due(sessions, publisher, stale_after)
     overdue = timedelta(seconds=settings.deletion_overdue_seconds)
     for _ in range(FINALIZE_CHUNKS_PER_PASS):
         finalized = finalize_overdue(sessions, overdue)

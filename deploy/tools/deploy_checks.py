@@ -47,6 +47,7 @@ APP_CONFIG_KEYS = {
 LONGEST_LEARNER_STEP_SECONDS = 60
 SECRET_NAME = "batch-actions"
 RUNBOOK = "docs/OPERATIONS.md"
+    "deliver_webhook",
 # Project metrics the dashboard must chart (one of each family at least).
 DASHBOARD_MUST_USE = {
     "batch_learners_processed_total",
