@@ -35,6 +35,7 @@ ACTION_QUEUES = (
     "delete_learner",
     "reactivate_learner",
     "finalize_deletion",
+    "deliver_webhook",
 )
 APP_COMMANDS = {"serve", "worker", "reconcile", "migrate"}
 APP_SECRET_KEYS = {"DATABASE_URL", "BROKER_URL", "REDIS_URL", "SMTP_URL", "SIGNING_KEY"}
@@ -47,7 +48,6 @@ APP_CONFIG_KEYS = {
 LONGEST_LEARNER_STEP_SECONDS = 60
 SECRET_NAME = "batch-actions"
 RUNBOOK = "docs/OPERATIONS.md"
-    "deliver_webhook",
 # Project metrics the dashboard must chart (one of each family at least).
 DASHBOARD_MUST_USE = {
     "batch_learners_processed_total",
@@ -57,6 +57,7 @@ DASHBOARD_MUST_USE = {
     "batches_active",
     "deletions_pending",
     "deletion_finalize_lag_seconds",
+    "batch_webhook_deliveries_total",
     "rabbitmq_detailed_queue_messages_ready",
     "dramatiq_message_retries_total",
     "dramatiq_message_errors_total",
