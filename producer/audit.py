@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -81,6 +81,24 @@ def csv_lines(
     first. Read a page at a time, each page in its own short session, so a
     long export holds no transaction and no connection while the client
     reads."""
+
+    def pages() -> Iterator[list[Row]]:
+        cursor = query.cursor
+        while True:
+            with sessions() as session:
+                rows = audit_page(session, replace(query, cursor=cursor), CSV_PAGE)
+            yield rows
+            cursor = next_cursor(rows, CSV_PAGE)
+            if cursor is None:
+                return
+
+    return csv_text(COLUMNS, pages())
+
+
+def csv_text(header: Sequence[str], pages: Iterable[Iterable[Sequence[object]]]) -> Iterator[str]:
+    """A header line, then each page of rows as one piece of CSV text (None
+    an empty cell, a moment in ISO 8601): what every `text/csv` answer of the
+    API streams, one page in memory at a time."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
 
@@ -90,19 +108,14 @@ def csv_lines(
         out.truncate()
         return text
 
-    writer.writerow(COLUMNS)
+    writer.writerow(header)
     yield flush()
-    cursor = query.cursor
-    while True:
-        with sessions() as session:
-            rows = audit_page(session, replace(query, cursor=cursor), CSV_PAGE)
+    for rows in pages:
         for row in rows:
             writer.writerow(["" if value is None else _text(value) for value in row])
-        if rows:
-            yield flush()
-        cursor = next_cursor(rows, CSV_PAGE)
-        if cursor is None:
-            return
+        text = flush()
+        if text:
+            yield text
 
 
 def _text(value: object) -> str:

@@ -14,7 +14,14 @@ from sqlalchemy import ColumnElement, and_, case, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from producer.schemas import LearnerIdsSelection
-from producer.selection import id_table, selected_learners
+from producer.selection import (
+    IdentifierSelection,
+    chunks,
+    id_table,
+    identified_learners,
+    identifiers,
+    selected_learners,
+)
 from shared.actions import Actor, invited_since
 from shared.batches import shape_counts
 from shared.contract import Action
@@ -65,6 +72,14 @@ def predict(
         )
         rows = session.execute(query.group_by(reason)).all()
         not_found = len(wanted) - sum(n for _, n in rows)
+    elif isinstance(selection, IdentifierSelection):
+        rows = []
+        for chunk in chunks(identifiers(selection)):
+            learners = identified_learners(session, actor, selection, chunk).subquery()
+            query = select(reason, func.count()).select_from(
+                learners.join(Learner, Learner.id == learners.c.id)
+            )
+            rows += session.execute(query.group_by(reason)).all()
     else:
         learners = selected_learners(session, actor, selection).subquery()
         query = select(reason, func.count()).select_from(

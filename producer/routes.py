@@ -14,6 +14,8 @@ from producer.audit import AuditQuery, audit_page, csv_lines, next_cursor
 from producer.auth import reader, writer
 from producer.deps import RuntimeDep, get_session
 from producer.idempotency import hashed
+from producer.items import ItemsQuery, items_page
+from producer.items import csv_lines as items_csv_lines
 from producer.retry import retry_failed
 from producer.schemas import (
     MAX_ID,
@@ -35,17 +37,18 @@ from producer.schemas import (
     PeopleStatus,
     Problem,
     SearchText,
+    SubmittedView,
     TokenList,
     TokenView,
 )
-from producer.selection import filter_conditions, shown_status
+from producer.selection import filter_conditions, shown_status, unmatched_identifiers
 from producer.submit import Submitted, dry_run, submit
 from producer.tokens import list_tokens, revoke_token
 from producer.views import batch_view
 from shared.actions import Actor
 from shared.audit import record_submitted
 from shared.batches import CancelReason, request_cancel
-from shared.models import FINISHED_BATCH_STATUSES, Batch, BatchItem, Group, Learner, LearnerStatus
+from shared.models import FINISHED_BATCH_STATUSES, Batch, Group, Learner, LearnerStatus
 from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
@@ -83,7 +86,7 @@ def _batch(session: Session, actor: Actor, batch_id: int) -> Batch:
 @router.post(
     "/batches",
     status_code=202,
-    response_model=BatchView,
+    response_model=SubmittedView,
     responses={
         **ERRORS,
         200: {"model": DryRunView, "description": "Dry run: the counts each outcome would have."},
@@ -111,10 +114,11 @@ def create_batch(
     if body.dry_run:
         counts = dry_run(session, actor, body, runtime.settings.invite_cooldown_seconds)
         total = counts.pop("total")
+        unmatched = unmatched_identifiers(session, actor, body.selection)
         return JSONResponse(
-            DryRunView(action=body.action, total=total, counts=Counts(**counts)).model_dump(
-                mode="json"
-            )
+            DryRunView(
+                action=body.action, total=total, counts=Counts(**counts), unmatched=unmatched
+            ).model_dump(mode="json")
         )
     settings = runtime.settings
     submitted = submit(
@@ -127,10 +131,13 @@ def create_batch(
     )
     if not submitted.replayed:
         record_submitted(session, actor.school_id, submitted.batch.id, actor.admin_id)
+    # Answered, never stored (a replay answers them as they are now).
+    unmatched = unmatched_identifiers(session, actor, body.selection)
     session.commit()
     if not submitted.replayed and submitted.not_found:
         runtime.progress.add(submitted.batch.id, "skipped:not_found", submitted.not_found)
-    return _accepted(request, response, session, runtime, submitted)
+    view = _accepted(request, response, session, runtime, submitted)
+    return SubmittedView(**dict(view), unmatched=unmatched)
 
 
 @router.get("/batches", response_model=BatchList, responses=ERRORS)
@@ -158,28 +165,51 @@ def get_batch(batch_id: BatchId, actor: Reader, session: SessionDep, runtime: Ru
     return batch_view(session, _batch(session, actor, batch_id), runtime.progress)
 
 
-@router.get("/batches/{batch_id}/items", response_model=ItemPage, responses={**ERRORS, **NOT_FOUND})
+ITEMS_CSV_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The page as JSON; with `Accept: text/csv` or `?format=csv`, every "
+        "matching item from the cursor on, as CSV: a header line `learner_id,external_id,"
+        "email,outcome,reason,error,finished_at`, then one item a line (empty cells for "
+        "null; `email` empty once the learner is purged; an `external_id` or `email` that "
+        "starts with `=`, `+`, `-` or `@` gets a leading `'`).",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get(
+    "/batches/{batch_id}/items",
+    response_model=ItemPage,
+    responses={**ERRORS, **NOT_FOUND, **ITEMS_CSV_ANSWER},
+)
 def list_items(
+    request: Request,
     batch_id: BatchId,
     actor: Reader,
     session: SessionDep,
+    runtime: RuntimeDep,
     outcome: Annotated[
         str | None, Query(pattern="^(pending|applied|skipped|failed|cancelled)$")
     ] = None,
     reason: Annotated[str | None, Query(max_length=32)] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
+    format: Annotated[Literal["json", "csv"] | None, Query()] = None,
 ):
-    """Per-learner results with reason codes, by learner id."""
+    """Per-learner results with reason codes, by learner id; as CSV, the
+    whole result in one streamed answer, with each learner's `external_id`
+    and `email`."""
     _batch(session, actor, batch_id)
-    query = select(BatchItem).where(BatchItem.batch_id == batch_id)
-    if outcome:
-        query = query.where(BatchItem.outcome == outcome)
-    if reason:
-        query = query.where(BatchItem.reason == reason)
-    if cursor:
-        query = query.where(BatchItem.learner_id > cursor)
-    items = session.scalars(query.order_by(BatchItem.learner_id).limit(limit)).all()
+    query = ItemsQuery(
+        school_id=actor.school_id, batch_id=batch_id, outcome=outcome, reason=reason, cursor=cursor
+    )
+    if wants_csv(request, format):
+        return StreamingResponse(
+            items_csv_lines(runtime.sessions, query),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="batch-{batch_id}-items.csv"'},
+        )
+    items = items_page(session, query, limit)
     return ItemPage(
         items=[
             ItemView(
@@ -300,6 +330,7 @@ def list_learners(
                 id=le.id,
                 email=le.email,
                 name=le.name,
+                external_id=le.external_id,
                 status=shown_status(le.status),
                 is_admin=le.is_admin,
             )

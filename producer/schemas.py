@@ -90,6 +90,62 @@ class LearnerIdsSelection(Strict):
     )
 
 
+# The caller's own identifiers (issue #13 section 1): matched within the
+# school, never stored; those that match no learner are only answered.
+MAX_EMAIL_LENGTH = 320
+MAX_EXTERNAL_ID_LENGTH = 255
+EmailText = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_EMAIL_LENGTH), AfterValidator(_printable)
+]
+ExternalId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_EXTERNAL_ID_LENGTH),
+    AfterValidator(_printable),
+]
+UNMATCHED_SHOWN = 20
+
+
+def _up_to_first_bad_text(max_length: int):
+    """As `_up_to_first_bad_id`, for lists of identifiers: 100,000 empty
+    strings are one error naming the first, not 100,000."""
+
+    def cut(values: Any) -> Any:
+        if isinstance(values, list):
+            for index, value in enumerate(values):
+                if (
+                    type(value) is not str
+                    or not 1 <= len(value) <= max_length
+                    or any(unicodedata.category(c) == "Cc" for c in value)
+                ):
+                    return values[: index + 1]
+        return values
+
+    return BeforeValidator(cut)
+
+
+EmailList = Annotated[list[EmailText], _up_to_first_bad_text(MAX_EMAIL_LENGTH)]
+ExternalIdList = Annotated[list[ExternalId], _up_to_first_bad_text(MAX_EXTERNAL_ID_LENGTH)]
+
+
+class EmailsSelection(Strict):
+    emails: EmailList = Field(
+        min_length=1,
+        max_length=MAX_EXPLICIT_IDS,
+        description=f"Up to {MAX_EXPLICIT_IDS:,} emails, matched case-insensitively among "
+        "the school's learners; those that match none are answered in `unmatched`, not stored.",
+    )
+
+
+class ExternalIdsSelection(Strict):
+    external_ids: ExternalIdList = Field(
+        min_length=1,
+        max_length=MAX_EXPLICIT_IDS,
+        description=f"Up to {MAX_EXPLICIT_IDS:,} of the school's own learner identifiers "
+        "(`external_id`, matched exactly); those that match none are answered in "
+        "`unmatched`, not stored.",
+    )
+
+
 class FilterSelection(Strict):
     filter: LearnerFilter
     exclude_ids: IdList = Field(default_factory=list)
@@ -101,7 +157,7 @@ class AllNotActivatedSelection(Strict):
 
 def _selection_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        for key in ("learner_ids", "filter", "all_not_activated"):
+        for key in ("learner_ids", "emails", "external_ids", "filter", "all_not_activated"):
             if key in value:
                 return key
     return None
@@ -109,14 +165,16 @@ def _selection_kind(value: Any) -> str | None:
 
 Selection = Annotated[
     Annotated[LearnerIdsSelection, Tag("learner_ids")]
+    | Annotated[EmailsSelection, Tag("emails")]
+    | Annotated[ExternalIdsSelection, Tag("external_ids")]
     | Annotated[FilterSelection, Tag("filter")]
     | Annotated[AllNotActivatedSelection, Tag("all_not_activated")],
     Discriminator(
         _selection_kind,
         custom_error_type="selection_kind",
         custom_error_message=(
-            "selection must be {learner_ids: [...]}, {filter: {...}, exclude_ids: [...]} "
-            "or {all_not_activated: true}"
+            "selection must be {learner_ids: [...]}, {emails: [...]}, {external_ids: [...]}, "
+            "{filter: {...}, exclude_ids: [...]} or {all_not_activated: true}"
         ),
     ),
 ]
@@ -138,7 +196,8 @@ class BatchRequest(Strict):
         le=MAX_ID,
         strict=True,
         description="The learner count a dry run of this body answered (`total`). Required "
-        "for deactivate_learner and delete_learner unless the selection is `learner_ids`; "
+        "for deactivate_learner and delete_learner unless the selection is an explicit list "
+        "(`learner_ids`, `emails`, `external_ids`); "
         "if the frozen selection has another count the answer is 409 and nothing is created.",
     )
 
@@ -177,11 +236,28 @@ class BatchView(BaseModel):
     )
 
 
+class Unmatched(BaseModel):
+    """The identifiers of an `emails` or `external_ids` selection that match
+    no learner of the school (count 0 for every other selection). They are
+    answered here only: never stored, never logged."""
+
+    count: int = 0
+    first: list[str] = Field(
+        default_factory=list,
+        description=f"The first {UNMATCHED_SHOWN} of them, as sent, in the order sent.",
+    )
+
+
+class SubmittedView(BatchView):
+    unmatched: Unmatched = Field(default_factory=Unmatched)
+
+
 class DryRunView(BaseModel):
     dry_run: Literal[True] = True
     action: str
     total: int
     counts: Counts
+    unmatched: Unmatched = Field(default_factory=Unmatched)
 
 
 class BatchList(BaseModel):
@@ -206,6 +282,9 @@ class LearnerView(BaseModel):
     id: int
     email: str | None
     name: str | None
+    external_id: str | None = Field(
+        default=None, description="The school's own identifier for the learner."
+    )
     status: str
     is_admin: bool
 

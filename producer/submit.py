@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session
 
 from producer.idempotency import IdempotencyKey
 from producer.predict import predict
-from producer.schemas import MAX_EXPLICIT_IDS, BatchRequest, LearnerIdsSelection
+from producer.schemas import (
+    MAX_EXPLICIT_IDS,
+    BatchRequest,
+    EmailsSelection,
+    ExternalIdsSelection,
+    LearnerIdsSelection,
+)
 from producer.selection import freeze_selection
 from shared.actions import Actor
 from shared.contract import Action
@@ -25,6 +31,8 @@ from shared.db import now
 from shared.models import ACTIVE_BATCH_STATUSES, Batch, BatchStatus, Course, Group, School
 
 QUOTA_WINDOW = timedelta(hours=1)
+# Selections that name each learner: the admin has seen every one.
+EXPLICIT_LISTS = (LearnerIdsSelection, EmailsSelection, ExternalIdsSelection)
 
 
 # Stands for the search text in a batch's stored selection.
@@ -230,9 +238,10 @@ def new_batch(
 
 
 def needs_expected_total(request: BatchRequest) -> bool:
-    """A destructive action over a filter (or any selection but explicit ids):
-    an empty filter is the whole school, so the admin must have seen the count."""
-    return request.action.destructive and not isinstance(request.selection, LearnerIdsSelection)
+    """A destructive action over a filter (or any selection but an explicit
+    list): an empty filter is the whole school, so the admin must have seen
+    the count."""
+    return request.action.destructive and not isinstance(request.selection, EXPLICIT_LISTS)
 
 
 def check_expected_total_given(request: BatchRequest) -> None:
@@ -356,12 +365,15 @@ def replay(batch: Batch, fingerprints: tuple[str, ...]) -> Submitted:
 
 
 def _selection_summary(request: BatchRequest) -> dict:
-    """What was selected, for the record; explicit id lists are in batch_items.
-    A search text is not kept: it is often an email or a name, and the batch
-    row outlives the learner's erasure. The items say who was selected."""
+    """What was selected, for the record; explicit lists are in batch_items
+    (as learner ids), so only their length is kept: emails and external ids,
+    matched or not, are not. A search text is not kept either: it is often an
+    email or a name, and the batch row outlives the learner's erasure. The
+    items say who was selected."""
     selection = _plain(request)["selection"]
-    if "learner_ids" in selection:
-        return {"learner_ids": len(selection["learner_ids"])}
+    for listed in ("learner_ids", "emails", "external_ids"):
+        if listed in selection:
+            return {listed: len(selection[listed])}
     if "exclude_ids" in selection:
         selection["exclude_ids"] = len(selection["exclude_ids"])
     if selection.get("filter", {}).get("q") is not None:
