@@ -13,10 +13,11 @@
 
 Every chunk is one short transaction deleting rows by their keys (no table
 lock, no rewrite: the space is reused after VACUUM, not given back), and a
-pass does at most `CHUNKS_PER_PASS` of each kind, so a backlog of millions
-never starves the reconciler's other duties. A batch being removed is locked
-`FOR NO KEY UPDATE SKIP LOCKED` for the chunk, so several reconcilers share
-the work. Running batches are never selected. 0 days turns a kind off.
+pass does at most `CHUNKS_PER_PASS` of each kind and starts none after
+`SECONDS_PER_PASS`, so a backlog of millions never starves the reconciler's
+other duties. A batch being removed is locked `FOR NO KEY UPDATE SKIP
+LOCKED` for the chunk, so several reconcilers share the work. Running
+batches are never selected. 0 days turns a kind off.
 
 The audit sweep walks `audit_log` in id order (its primary key) rather than
 by `created_at`, which has no index: adding one would cost an index entry per
@@ -29,6 +30,7 @@ first `CHUNK_ROWS` and the sweep stops at the first chunk with none.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -43,8 +45,10 @@ from shared.settings import Settings
 
 # Rows per transaction: a chunk takes tens of milliseconds (docs/PERFORMANCE.md).
 CHUNK_ROWS = 5000
-# Chunks per reconciler pass, for batches and for the audit trail each.
+# Per reconciler pass, for batches and for the audit trail each: at most this
+# many chunks, and no new chunk once this many seconds went (a loaded machine).
 CHUNKS_PER_PASS = 20
+SECONDS_PER_PASS = 2.0
 
 
 @cache
@@ -69,29 +73,30 @@ class Removed:
 
 
 def remove_expired(sessions: sessionmaker[Session], settings: Settings) -> Removed:
-    """One reconciler pass's share of retention: up to `CHUNKS_PER_PASS`
-    transactions of expired batches, then as many of expired audit rows."""
+    """One reconciler pass's share of retention: chunks of expired batches,
+    then chunks of expired audit rows, each within the pass's bounds."""
     removed = Removed()
     if settings.batch_retention_days:
         cutoff = now() - timedelta(days=settings.batch_retention_days)
-        for _ in range(CHUNKS_PER_PASS):
-            if not _timed(removed, lambda: remove_batch_chunk(sessions, cutoff, removed)):
-                break
+        _chunks(removed, lambda: remove_batch_chunk(sessions, cutoff, removed))
     if settings.audit_retention_days:
         cutoff = now() - timedelta(days=settings.audit_retention_days)
-        for _ in range(CHUNKS_PER_PASS):
-            if not _timed(removed, lambda: remove_audit_chunk(sessions, cutoff, removed)):
-                break
+        _chunks(removed, lambda: remove_audit_chunk(sessions, cutoff, removed))
     return removed
 
 
-def _timed(removed: Removed, chunk) -> bool:
-    started = time.perf_counter()
-    did = chunk()
-    removed.longest_chunk_seconds = max(
-        removed.longest_chunk_seconds, round(time.perf_counter() - started, 4)
-    )
-    return did
+def _chunks(removed: Removed, chunk: Callable[[], bool]) -> None:
+    """Run `chunk` until it finds nothing to do or the pass's bounds are reached."""
+    began = time.perf_counter()
+    for _ in range(CHUNKS_PER_PASS):
+        started = time.perf_counter()
+        did = chunk()
+        ended = time.perf_counter()
+        removed.longest_chunk_seconds = max(
+            removed.longest_chunk_seconds, round(ended - started, 4)
+        )
+        if not did or ended - began >= SECONDS_PER_PASS:
+            return
 
 
 def remove_batch_chunk(sessions: sessionmaker[Session], cutoff: datetime, removed: Removed) -> bool:
