@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast faults lint bench clean deploy-test
+.PHONY: demo test test-fast faults lint bench clean deploy-test lock
 
 $(BIN)/batchctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,18 @@ bench: $(BIN)/batchctl $(VENV)/.bench-deps
 # every action must complete, then `down` (deploy/podman/deploy-test.sh; root).
 deploy-test:
 	bash deploy/podman/deploy-test.sh
+
+# requirements.lock: the image's runtime dependencies (pyproject.toml's
+# `dependencies`), pinned with hashes, which deploy/Dockerfile installs with
+# --require-hashes. `make lock` re-resolves it after pyproject.toml changes,
+# keeping every pin that still fits; `make lock LOCK_ARGS=--upgrade` moves all
+# to their newest. deploy/validate.sh fails when the two disagree.
+UV := uv==0.13.9
+lock: $(BIN)/batchctl
+	$(BIN)/pip install --quiet '$(UV)'
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+		--generate-hashes --custom-compile-command 'make lock' \
+		--output-file requirements.lock --quiet $(LOCK_ARGS)
 
 lint: $(BIN)/batchctl
 	$(BIN)/ruff check .
