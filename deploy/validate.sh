@@ -8,8 +8,12 @@
 # 3 a validator is missing (run deploy/install-tools.sh).
 #
 # Environment: VENV (tool venv), KUBE_VERSIONS (Kubernetes versions to
-# validate against, default "1.28.0 1.37.0"). An alert without a section in
-# docs/OPERATIONS.md fails the check.
+# validate against, default "1.28.0 1.37.0"), STEPS (an extended regex: only
+# the steps whose name it matches run; tests use it). An alert without a section in
+# docs/OPERATIONS.md fails the check. The generic good practice (non-root,
+# resources, probes, health checks, hard-coded secrets) is checkov's, with the
+# skips and their reasons in deploy/checkov.yaml; tools/deploy_checks.py keeps
+# the checks that need several files or the project's contract.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,12 +25,13 @@ export PATH="$VENV/bin:$PATH"
 KUBE_VERSIONS="${KUBE_VERSIONS:-1.28.0 1.37.0}"
 
 missing=()
-for tool in check-jsonschema kubernetes-validate promtool hadolint; do
+for tool in check-jsonschema kubernetes-validate promtool hadolint checkov; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v kustomize >/dev/null 2>&1 || command -v kubectl >/dev/null 2>&1 || missing+=("kustomize|kubectl")
 python="$VENV/bin/python"
 [[ -x "$python" ]] || python="$(command -v python3)"
-"$python" -c 'import yaml, promql_parser' 2>/dev/null || missing+=("python:yaml+promql_parser")
+"$python" -c 'import yaml, promql_parser, packaging' 2>/dev/null || missing+=("python:yaml+promql_parser+packaging")
 if ((${#missing[@]})); then
     echo "validate.sh: missing validators: ${missing[*]} (run deploy/install-tools.sh)" >&2
     exit 3
@@ -37,6 +42,7 @@ failed=()
 step() {
     local name="$1"
     shift
+    [[ -z "${STEPS:-}" ]] || grep -qE -- "$STEPS" <<<"$name" || return 0
     local start=$SECONDS
     echo "==> $name"
     if "$@"; then
@@ -83,6 +89,13 @@ prom_config() { (cd "$deploy/prometheus" && promtool check config prometheus.yml
 prom_rules() { (cd "$deploy/prometheus" && promtool check rules alerts.yml); }
 prom_tests() { (cd "$deploy/prometheus" && promtool test rules alerts_test.yml); }
 dockerfile_lint() { hadolint --failure-threshold style "$deploy/Dockerfile"; }
+# One run for every framework (its start-up is most of its time). No network:
+# no guideline download, no version check, no upload.
+checkov_scan() {
+    (cd "$deploy" && BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE LOG_LEVEL=WARNING \
+        checkov --config-file checkov.yaml --skip-results-upload \
+        -f k8s/*.yaml k8s/monitoring/*.yaml Dockerfile docker-compose.yml)
+}
 cross() { "$python" "$checks" "$deploy" "$@"; }
 
 echo "Validating $deploy"
@@ -91,6 +104,9 @@ step "compose: services, mounts, depends_on, env" cross compose
 step "k8s: kubernetes-validate --strict ($KUBE_VERSIONS)" k8s_core
 step "k8s: KEDA ScaledObject/TriggerAuthentication schema" k8s_keda
 step "k8s: selectors, ports, probes, secret refs, KEDA targets" cross k8s
+step "k8s: kustomize build (base; with monitoring/ and a RUNBOOK_URL)" cross kustomize
+step "k8s monitoring: PodMonitors, PrometheusRule = alerts.yml, dashboard" cross monitoring
+step "checkov: Kubernetes, Dockerfile, secrets (checkov.yaml)" checkov_scan
 step "prometheus: promtool check config" prom_config
 step "prometheus: promtool check rules" prom_rules
 step "prometheus: promtool test rules (alerts_test.yml)" prom_tests
@@ -98,7 +114,8 @@ step "alerts: annotations, runbook links, test coverage" cross alerts
 step "grafana: dashboard JSON and provisioning" cross dashboard
 step "metrics: every queried metric is in metric-names.txt" cross metrics
 step "docker: hadolint" dockerfile_lint
-step "docker: multi-stage, non-root, exec ENTRYPOINT" cross dockerfile
+step "docker: multi-stage, exec ENTRYPOINT, installs requirements.lock" cross dockerfile
+step "lock: requirements.lock pins pyproject.toml's dependencies" cross lock
 
 if ((${#failed[@]})); then
     echo

@@ -1,30 +1,42 @@
 """Cross-file checks for deploy/ that no schema can express.
 
 Schemas (compose-spec, Kubernetes, KEDA) and promtool/hadolint check each file
-on its own; this module checks that the files agree with each other and with
-the contract in docs/CONTRACT.md: every metric a query selects is a known one, every
-alert has a runbook link and a firing and a silent unit test, a Service or a
-PodDisruptionBudget selects pods that exist, a probe names a port the
-container declares, the worker's grace period covers the longest learner step
-in both compose and Kubernetes, and so on.
+on its own, and checkov the generic good practice (non-root, resources,
+probes, health checks: deploy/checkov.yaml); this module checks that the
+files agree with each other and with the contract in docs/CONTRACT.md: every
+metric a query selects is a known one, every alert has a runbook link and a
+firing and a silent unit test, a Service or a PodDisruptionBudget selects pods
+that exist, a probe names a port the container declares, the worker's grace
+period covers the longest learner step in both compose and Kubernetes, the
+image installs exactly requirements.lock, which pins pyproject.toml's
+dependencies, and so on.
 
 Usage: python deploy_checks.py DEPLOY_DIR SECTION...
-Sections: metrics alerts dashboard compose k8s dockerfile, or `list-k8s core|keda`
-(prints manifest files for the schema validators). Exit status 1 on any error.
+Sections: metrics alerts dashboard compose k8s dockerfile lock monitoring kustomize,
+or `list-k8s core|keda` (prints manifest files for the schema validators), or
+`write-prometheusrule` (k8s/monitoring/prometheusrule.yaml from alerts.yml).
+Exit status 1 on any error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import promql_parser
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 # The contract (docs/CONTRACT.md).
 ACTION_QUEUES = (
@@ -48,6 +60,11 @@ APP_CONFIG_KEYS = {
 LONGEST_LEARNER_STEP_SECONDS = 60
 SECRET_NAME = "batch-actions"
 RUNBOOK = "docs/OPERATIONS.md"
+# Where runbook_url links point until an operator sets RUNBOOK_URL (the
+# monitoring component, k8s/monitoring/): a placeholder, never a real host.
+RUNBOOK_URL = "https://batch-actions.invalid/docs/OPERATIONS.md"
+# The image's pinned, hashed dependencies (next to pyproject.toml; `make lock`).
+LOCK = "requirements.lock"
 # Project metrics the dashboard must chart (one of each family at least).
 DASHBOARD_MUST_USE = {
     "batch_learners_processed_total",
@@ -63,7 +80,7 @@ DASHBOARD_MUST_USE = {
     "dramatiq_message_errors_total",
 }
 # Files in k8s/ that are not applied by kustomization.yaml, on purpose.
-K8S_NOT_IN_KUSTOMIZATION = {"secret.example.yaml", "migrate-job.yaml"}
+K8S_NOT_IN_KUSTOMIZATION = {"secret.example.yaml"}
 
 
 class Report:
@@ -219,7 +236,7 @@ def check_alerts(deploy: Path, r: Report) -> None:
         for key in ("summary", "description", "runbook_url"):
             if not str(ann.get(key, "")).strip():
                 r.error(where, f"missing annotation {key}")
-        want = f"{RUNBOOK}#{rule['alert'].lower()}"
+        want = f"{RUNBOOK_URL}#{rule['alert'].lower()}"
         if ann.get("runbook_url") and ann["runbook_url"] != want:
             r.error(where, f"runbook_url is {ann['runbook_url']!r}, expected {want!r}")
         if (rule.get("labels") or {}).get("severity") not in {"warning", "critical"}:
@@ -563,8 +580,6 @@ def check_k8s(deploy: Path, r: Report) -> None:
             (spec.get("selector") or {}).get("matchLabels") or {}, labels
         ):
             r.error(w, "selector.matchLabels do not match the pod template labels")
-        if not (pod.get("securityContext") or {}).get("runAsNonRoot"):
-            r.error(w, "pod securityContext.runAsNonRoot must be true")
         volumes = {v.get("name"): v for v in pod.get("volumes") or []}
         for c in pod.get("containers") or []:
             cw = f"{w} container {c.get('name')}"
@@ -573,10 +588,6 @@ def check_k8s(deploy: Path, r: Report) -> None:
                 r.error(cw, f"args must start with one of {sorted(APP_COMMANDS)}")
             else:
                 commands[args[0]] = wname
-            res = c.get("resources") or {}
-            for section, key in (("requests", "cpu"), ("requests", "memory"), ("limits", "memory")):
-                if key not in (res.get(section) or {}):
-                    r.error(cw, f"resources.{section}.{key} missing")
             refs = c.get("envFrom") or []
             if not any((e.get("secretRef") or {}).get("name") == SECRET_NAME for e in refs):
                 r.error(cw, f"envFrom must reference Secret {SECRET_NAME}")
@@ -585,10 +596,6 @@ def check_k8s(deploy: Path, r: Report) -> None:
                 if cm and cm not in configmaps:
                     r.error(cw, f"envFrom references unknown ConfigMap {cm}")
             ports = {p.get("name") for p in c.get("ports") or []}
-            if obj["kind"] == "Deployment":
-                for probe in ("readinessProbe", "livenessProbe"):
-                    if probe not in c:
-                        r.error(cw, f"{probe} missing")
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                 port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
                 if isinstance(port, str) and port not in ports:
@@ -720,14 +727,303 @@ def check_dockerfile(deploy: Path, r: Report) -> None:
     entry = [ln for ln in final if ln.upper().startswith("ENTRYPOINT")]
     if not entry or json.loads(entry[-1].split(None, 1)[1]) != ["batchctl"]:
         r.error(where, 'final stage needs exec-form ENTRYPOINT ["batchctl"]')
-    users = [ln.split(None, 1)[1] for ln in final if ln.upper().startswith("USER ")]
-    if not users or users[-1].split(":")[0] in ("root", "0"):
-        r.error(where, "final stage must switch to a non-root USER")
-    if not any(ln.upper().startswith("HEALTHCHECK") for ln in final):
-        r.error(where, "final stage has no HEALTHCHECK")
+    runs = [ln for ln in lines if ln.upper().startswith("RUN ") and "pip install" in ln]
+    if not any(f"--require-hashes -r {LOCK}" in ln for ln in runs):
+        r.error(
+            where, f"dependencies must be installed with `pip install --require-hashes -r {LOCK}`"
+        )
+    if not any("--no-deps ." in ln for ln in runs):
+        r.error(
+            where, "the project must be installed with `pip install --no-deps .` (all else locked)"
+        )
+    unlocked = [ln for ln in runs if LOCK not in ln and "--no-deps" not in ln]
+    for ln in unlocked:
+        r.error(where, f"installs what the lock does not pin: {ln}")
     ignore = deploy / "Dockerfile.dockerignore"
     if not ignore.is_file():
         r.error(where, "Dockerfile.dockerignore missing (build context is the repo root)")
+    elif f"!{LOCK}" not in ignore.read_text().split():
+        r.error("Dockerfile.dockerignore", f"{LOCK} is not in the build context (!{LOCK})")
+
+
+# ----------------------------------------------------------------- monitoring
+
+MONITORING = "k8s/monitoring"
+PROMETHEUS_RULE = f"{MONITORING}/prometheusrule.yaml"
+PROMETHEUS_RULE_HEADER = """\
+# GENERATED from prometheus/alerts.yml, the one source of the alert rules: do
+# not edit. After changing alerts.yml, run
+#   python deploy/tools/deploy_checks.py deploy write-prometheusrule
+# (deploy/validate.sh fails while the two differ). The monitoring component
+# rewrites each runbook_url to RUNBOOK_URL#<alert> (kustomization.yaml).
+"""
+# Scrape jobs (prometheus/prometheus.yml) of the processes, by their command.
+PROCESS_JOBS = {
+    "serve": "batch-actions-producer",
+    "worker": "batch-actions-worker",
+    "reconcile": "batch-actions-reconciler",
+}
+
+
+class _BlockStrings(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as literal blocks, as alerts.yml writes them."""
+
+
+_BlockStrings.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
+
+
+def prometheus_rule(deploy: Path) -> dict[str, Any]:
+    """The PrometheusRule whose spec is alerts.yml."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "batch-actions",
+            "labels": {
+                "app.kubernetes.io/name": "batch-actions",
+                "app.kubernetes.io/part-of": "batch-actions",
+            },
+        },
+        "spec": load_yaml(deploy / "prometheus" / "alerts.yml"),
+    }
+
+
+def write_prometheus_rule(deploy: Path) -> None:
+    body = yaml.dump(prometheus_rule(deploy), Dumper=_BlockStrings, sort_keys=False, width=1000)
+    (deploy / PROMETHEUS_RULE).write_text(PROMETHEUS_RULE_HEADER + body)
+
+
+def check_monitoring(deploy: Path, r: Report) -> None:
+    """The Prometheus Operator component: its PrometheusRule is alerts.yml, a
+    PodMonitor scrapes each process's pods under its job name, the dashboard
+    ConfigMap is made from the dashboard file."""
+    committed = load_yaml(deploy / PROMETHEUS_RULE)
+    if committed != prometheus_rule(deploy):
+        r.error(
+            PROMETHEUS_RULE,
+            "differs from prometheus/alerts.yml: run `python deploy/tools/deploy_checks.py"
+            " deploy write-prometheusrule`",
+        )
+    kust = load_yaml(deploy / MONITORING / "kustomization.yaml") or {}
+    if kust.get("kind") != "Component":
+        r.error(f"{MONITORING}/kustomization.yaml", "must be a kustomize Component")
+    listed = set(kust.get("resources") or [])
+    for path in sorted((deploy / MONITORING).glob("*.yaml")):
+        if path.name != "kustomization.yaml" and path.name not in listed:
+            r.error(f"{MONITORING}/kustomization.yaml", f"{path.name} is not in resources")
+    if "../../grafana" not in listed:
+        r.error(f"{MONITORING}/kustomization.yaml", "resources lack ../../grafana (dashboard)")
+
+    config: dict[str, Any] = {}
+    deployments: dict[str, dict[str, Any]] = {}
+    for _, doc in k8s_docs(deploy):
+        if doc.get("kind") == "ConfigMap":
+            config.update(doc.get("data") or {})
+        if doc.get("kind") == "Deployment":
+            pod = doc["spec"]["template"]
+            for c in pod["spec"].get("containers") or []:
+                if (c.get("args") or [None])[0] in PROCESS_JOBS:
+                    deployments[c["args"][0]] = {
+                        "labels": (pod.get("metadata") or {}).get("labels") or {},
+                        "ports": {p.get("name") for p in c.get("ports") or []},
+                    }
+    if config.get("RUNBOOK_URL") != RUNBOOK_URL:
+        r.error(
+            "k8s ConfigMap",
+            f"RUNBOOK_URL is {config.get('RUNBOOK_URL')!r}; the default is {RUNBOOK_URL!r}"
+            " (operators set theirs in an overlay)",
+        )
+
+    monitors = [
+        doc
+        for path in sorted((deploy / MONITORING).glob("*.yaml"))
+        for doc in load_yaml_all(path)
+        if doc.get("kind") == "PodMonitor"
+    ]
+    for command, job in PROCESS_JOBS.items():
+        target = deployments.get(command)
+        if target is None:
+            r.error("k8s", f"no Deployment runs `batchctl {command}`")
+            continue
+        found = False
+        for pm in monitors:
+            sel = ((pm.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if not _matches(sel, target["labels"]):
+                continue
+            for ep in (pm.get("spec") or {}).get("podMetricsEndpoints") or []:
+                jobs = {
+                    rl.get("replacement")
+                    for rl in ep.get("relabelings") or []
+                    if rl.get("targetLabel") == "job"
+                }
+                where = f"{MONITORING} PodMonitor/{pm['metadata']['name']}"
+                if ep.get("port") not in target["ports"]:
+                    r.error(where, f"port {ep.get('port')!r} not declared by the {command} pods")
+                elif jobs != {job}:
+                    r.error(where, f"must set job={job} (prometheus/prometheus.yml), not {jobs}")
+                else:
+                    found = True
+        if not found:
+            r.error(MONITORING, f"no PodMonitor scrapes the {command} pods as job {job}")
+
+    grafana = load_yaml(deploy / "grafana" / "kustomization.yaml") or {}
+    dashboards = [
+        g
+        for g in grafana.get("configMapGenerator") or []
+        if "batch-actions.json" in (g.get("files") or [])
+        and "grafana_dashboard" in ((g.get("options") or {}).get("labels") or {})
+    ]
+    if not dashboards:
+        r.error(
+            "grafana/kustomization.yaml",
+            "needs a configMapGenerator of batch-actions.json labelled grafana_dashboard",
+        )
+
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def check_kustomize(deploy: Path, r: Report) -> None:
+    """What `kubectl apply -k` would apply: the base (the migrate Job included),
+    and an overlay with the monitoring component and its own RUNBOOK_URL."""
+    command = kustomize_command()
+    if command is None:
+        r.error("kustomize", "neither kustomize nor kubectl on PATH (deploy/install-tools.sh)")
+        return
+    url = "https://runbooks.example.test/batch-actions/OPERATIONS.md"
+    with tempfile.TemporaryDirectory() as tmp:
+        overlay = Path(tmp)
+        base = os.path.relpath(deploy / "k8s", overlay)
+        (overlay / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [base],
+                    "components": [f"{base}/monitoring"],
+                    "configMapGenerator": [
+                        {
+                            "name": "batch-actions-config",
+                            "behavior": "merge",
+                            "literals": [f"RUNBOOK_URL={url}"],
+                        }
+                    ],
+                }
+            )
+        )
+        built = {}
+        for name, target in (("k8s", deploy / "k8s"), ("k8s + monitoring", overlay)):
+            proc = subprocess.run(
+                [*command, str(target)], capture_output=True, text=True, timeout=120
+            )
+            if proc.returncode:
+                r.error(f"kustomize {name}", proc.stderr.strip()[-2000:])
+                return
+            built[name] = [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in built["k8s"]}
+    if ("Job", "batch-actions-migrate") not in kinds:
+        r.error("k8s/kustomization.yaml", "does not apply the migrate Job")
+    if any(d["apiVersion"].startswith("monitoring.coreos.com/") for d in built["k8s"]):
+        r.error("k8s/kustomization.yaml", "the base must not need the Prometheus Operator CRDs")
+    monitored = built["k8s + monitoring"]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in monitored}
+    for needed in (
+        ("PrometheusRule", "batch-actions"),
+        ("ConfigMap", "batch-actions-dashboard"),
+        *(("PodMonitor", job) for job in PROCESS_JOBS.values()),
+    ):
+        if needed not in kinds:
+            r.error("kustomize k8s + monitoring", f"no {needed[0]}/{needed[1]}")
+    for doc in monitored:
+        if doc["kind"] != "PrometheusRule":
+            continue
+        for group in doc["spec"].get("groups") or []:
+            for rule in group.get("rules") or []:
+                link = (rule.get("annotations") or {}).get("runbook_url")
+                if "alert" in rule and link != f"{url}#{rule['alert'].lower()}":
+                    r.error(
+                        "kustomize k8s + monitoring",
+                        f"{rule['alert']} runbook_url {link!r} does not follow RUNBOOK_URL",
+                    )
+
+
+# ----------------------------------------------------------------- lock file
+
+LOCK_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+
+
+def lock_entries(text: str) -> dict[str, tuple[str, int, set[str]]]:
+    """name -> (version, number of hashes, what it is there for) of a
+    `uv pip compile --generate-hashes` file."""
+    entries: dict[str, tuple[str, int, set[str]]] = {}
+    name = ""
+    in_via = False
+    for line in text.splitlines():
+        m = LOCK_ENTRY.match(line)
+        if m:
+            name = canonicalize_name(m.group(1))
+            entries[name] = (m.group(2), 0, set())
+            in_via = False
+            continue
+        stripped = line.strip()
+        if not name:
+            continue
+        version, hashes, via = entries[name]
+        if stripped.startswith("--hash="):
+            entries[name] = (version, hashes + 1, via)
+        elif stripped.startswith("# via"):
+            rest = stripped.removeprefix("# via").strip()
+            if rest:
+                via.add(rest)
+            in_via = not rest
+        elif in_via and stripped.startswith("#   "):
+            via.add(stripped.removeprefix("#").strip())
+        else:
+            in_via = False
+    return entries
+
+
+def check_lock(deploy: Path, r: Report) -> None:
+    """requirements.lock (the image's dependencies, `make lock`) pins exactly
+    pyproject.toml's runtime dependencies, each at a version they allow, with hashes."""
+    root = deploy.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    project = pyproject["project"]["name"]
+    wanted = {
+        canonicalize_name(req.name): req
+        for req in map(Requirement, pyproject["project"]["dependencies"])
+    }
+    entries = lock_entries((root / LOCK).read_text())
+    for name, (version, hashes, _) in sorted(entries.items()):
+        if not hashes:
+            r.error(LOCK, f"{name}=={version} has no --hash (run `make lock`)")
+    for name, req in sorted(wanted.items()):
+        if name not in entries:
+            r.error(LOCK, f"pyproject.toml depends on {req}, not in the lock (run `make lock`)")
+            continue
+        version = entries[name][0]
+        if not req.specifier.contains(version, prereleases=True):
+            r.error(
+                LOCK,
+                f"{name}=={version} is not allowed by pyproject.toml's {req} (run `make lock`)",
+            )
+    direct = {n for n, (_, _, via) in entries.items() if any(v.startswith(project) for v in via)}
+    for name in sorted(direct - set(wanted)):
+        r.error(
+            LOCK,
+            f"{name} is locked for {project}, which no longer depends on it (run `make lock`)",
+        )
 
 
 SECTIONS = {
@@ -737,6 +1033,9 @@ SECTIONS = {
     "compose": check_compose,
     "k8s": check_k8s,
     "dockerfile": check_dockerfile,
+    "lock": check_lock,
+    "monitoring": check_monitoring,
+    "kustomize": check_kustomize,
 }
 
 
@@ -745,6 +1044,9 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     deploy = Path(argv[1]).resolve()
+    if argv[2] == "write-prometheusrule":
+        write_prometheus_rule(deploy)
+        return 0
     if argv[2] == "list-k8s":
         list_k8s(deploy, argv[3])
         return 0
