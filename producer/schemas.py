@@ -249,7 +249,7 @@ class Unmatched(BaseModel):
 
 
 class SubmittedView(BatchView):
-    unmatched: Unmatched = Field(default_factory=Unmatched)
+    unmatched: Unmatched
 
 
 class DryRunView(BaseModel):
@@ -257,7 +257,7 @@ class DryRunView(BaseModel):
     action: str
     total: int
     counts: Counts
-    unmatched: Unmatched = Field(default_factory=Unmatched)
+    unmatched: Unmatched
 
 
 class BatchList(BaseModel):
