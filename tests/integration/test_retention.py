@@ -258,3 +258,42 @@ def test_the_defaults_and_what_turns_retention_off_are_accepted():
     assert (defaults.batch_retention_days, defaults.audit_retention_days) == (90, 365)
     for batch_days, audit_days in ((0, 0), (90, 0), (30, 30)):
         Settings(_env_file=None, batch_retention_days=batch_days, audit_retention_days=audit_days)
+
+
+def test_the_embedded_mode_removes_the_same_way_on_sqlite(tmp_path, small_chunks):
+    """SQLite (embedded mode, whose reconciler thread runs the same pass):
+    the same statements, without row locks."""
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    sessions = sessions_for(url)
+    expired = datetime.now(UTC) - timedelta(days=91)
+    with sessions() as session, session.begin():
+        school_id = session.scalar(insert(School).values(name="Embedded").returning(School.id))
+        old, running = (
+            session.scalar(
+                insert(Batch)
+                .values(school_id=school_id, action="add_to_group", status=status, finished_at=at)
+                .returning(Batch.id)
+            )
+            for status, at in (("cancelled", expired), ("running", None))
+        )
+        for batch_id in (old, running):
+            session.execute(
+                insert(BatchItem), [{"batch_id": batch_id, "learner_id": n} for n in range(20)]
+            )
+        session.execute(
+            insert(AuditEntry),
+            [
+                {"school_id": school_id, "action": "x", "outcome": "y", "created_at": at}
+                for at in (LONG_AGO,) * 20 + (datetime.now(UTC),)
+            ],
+        )
+    settings = Settings(_env_file=None, database_url=url)
+    first = retention.remove_expired(sessions, settings)
+    assert (first.items, first.batches, first.audit) == (20, 0, 20)
+    second = retention.remove_expired(sessions, settings)
+    assert (second.items, second.batches, second.audit) == (0, 1, 0)
+    with sessions() as session:
+        assert session.scalars(select(Batch.id)).all() == [running]
+        assert session.scalar(select(func.count()).select_from(BatchItem)) == 20
+        assert session.scalar(select(func.count()).select_from(AuditEntry)) == 1
