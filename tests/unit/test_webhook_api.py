@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from batchctl.seed import seed_school
-from shared.batches import complete_if_finished
+from shared.batches import cancel_step, complete_if_finished
 from shared.models import BatchItem, WebhookDelivery, WebhookEvent
 from tests.support.environment import environment
 from tests.support.factories import learner_ids
@@ -140,3 +140,24 @@ def test_the_openapi_document_describes_every_webhook_route(app):
     assert set(paths["/v1/webhooks/{endpoint_id}/deliveries"]) == {"get"}
     created = paths["/v1/webhooks"]["post"]
     assert "201" in created["responses"] and "422" in created["responses"]
+
+
+def test_the_cancel_step_that_ends_a_batch_writes_a_cancelled_event(app, session, school):
+    api = as_admin(app, school.token)
+    completed_only = api.post("/v1/webhooks", json={"url": HOOK, "events": ["batch.completed"]})
+    cancelled = api.post("/v1/webhooks", json={"url": HOOK + "2", "events": ["batch.cancelled"]})
+    chosen = learner_ids(session, school.school_id, status="active")[:3]
+    batch_id = park_batch(session, school.school_id, school.admin_id, "deactivate_learner", chosen)
+    session.commit()
+    assert api.post(f"/v1/batches/{batch_id}/cancel").status_code == 202
+    session.expire_all()
+    while cancel_step(session, batch_id):
+        pass
+    cancel_step(session, batch_id)  # nothing left: a no-op, no second event
+    session.commit()
+
+    [event] = session.scalars(select(WebhookEvent).where(WebhookEvent.batch_id == batch_id))
+    assert event.type == "batch.cancelled"
+    for endpoint, expected in ((cancelled, [batch_id]), (completed_only, [])):
+        page = api.get(f"/v1/webhooks/{endpoint.json()['id']}/deliveries").json()
+        assert [d["batch_id"] for d in page["deliveries"]] == expected

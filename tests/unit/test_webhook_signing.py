@@ -150,3 +150,52 @@ def test_a_secret_no_key_opens_fails_the_attempt_without_a_request():
 
     target = Target("batch.completed", "msg_1", b"{}", "https://example.org/hook", secrets=[])
     assert send(target, Settings()).error == "secret_unreadable"
+
+
+def test_the_request_goes_to_the_address_that_was_checked_not_a_later_dns_answer(monkeypatch):
+    """DNS rebinding: the name resolves to an allowed address for the check
+    and to another one afterwards; the request still goes to the first."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from workers.webhooks import Target, send
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append((self.headers["host"], self.headers["webhook-id"]))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    real = socket.getaddrinfo
+    answers = iter(["127.0.0.1"])
+
+    def rebinding(host, *args, **kwargs):
+        if host == "hooks.example":  # first the checked address, then a different one
+            address = next(answers, "203.0.113.7")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    settings = Settings(
+        webhook_allow_http=True, webhook_allow_private_addresses=True, webhook_timeout_seconds=2
+    )
+    target = Target(
+        "batch.completed", "msg_1", b"{}", f"http://hooks.example:{port}/h", [new_secret()]
+    )
+    try:
+        attempt = send(target, settings)
+    finally:
+        server.shutdown()
+    assert (attempt.status_code, attempt.error) == (200, None)
+    assert seen == [(f"hooks.example:{port}", "msg_1")]
