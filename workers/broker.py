@@ -63,7 +63,7 @@ class WorkerConsumer(_RabbitmqConsumer):
             method, properties, body = delivery
             self._body = None if method is None else body  # None: the idle tick
             # Quorum queues count earlier deliveries (absent on the first one).
-            headers = (properties.headers if method is not None else None) or {}
+            headers = getattr(properties, "headers", None) or {}
             self._delivery_count = headers.get("x-delivery-count")
             yield delivery
 
