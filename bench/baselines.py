@@ -21,14 +21,14 @@ if TYPE_CHECKING:
     from bench.run import Bench
 
 
-def messages(bench: Bench, queue: str):
+def messages(bench: Bench, queue: str, batch_id: int = 0):
     from shared.dispatch import item_message
 
     for learner_id in bench.learner_ids:
-        yield item_message(queue, 0, learner_id)
+        yield item_message(queue, batch_id, learner_id)
 
 
-def raw_publish(bench: Bench, queue: str, declare: bool = True) -> float:
+def raw_publish(bench: Bench, queue: str, declare: bool = True, batch_id: int = 0) -> float:
     """pika, no confirms, the same Dramatiq-encoded messages; seconds taken
     until the broker has answered a round trip after the last one."""
     connection = pika.BlockingConnection(pika.URLParameters(bench.vhost.url))
@@ -37,7 +37,7 @@ def raw_publish(bench: Bench, queue: str, declare: bool = True) -> float:
         channel.queue_declare(queue, durable=True)
     properties = pika.BasicProperties(delivery_mode=2)
     started = time.perf_counter()
-    for message in messages(bench, queue):
+    for message in messages(bench, queue, batch_id):
         channel.basic_publish("", queue, message.encode(), properties)
     channel.queue_declare(queue, passive=True)
     elapsed = time.perf_counter() - started
@@ -105,10 +105,24 @@ def measure_publish(bench: Bench) -> None:
     log(f"dispatch with confirms: {published / seconds:,.0f} msg/s")
 
 
+# The floors' batch ids: the fed floor's messages pass their gate at once,
+# the strict floor's wait until all of them are published.
+FED, STRICT = 1, 2
+
+
 def measure_floor(bench: Bench) -> None:
+    """Both floors, on one set of floor workers: `floor_fed` (the raw
+    publisher feeds the workers while they run, so for its first seconds it
+    competes with them for the cores), then `floor` (the strict one, which
+    the targets use): every message published first, then the workers timed
+    from the first row committed to the last."""
     bench.pg.execute(floor.TABLE_DDL)
     bench.pg.execute("TRUNCATE bench_floor RESTART IDENTITY")
-    env = {**bench.env, "BENCH_FLOOR_DSN": bench.dsn}
+    gates = bench.logs / "floor-gates"
+    gates.mkdir(exist_ok=True)
+    for gate in gates.iterdir():  # an earlier measurement's, opened
+        gate.unlink()
+    env = {**bench.env, "BENCH_FLOOR_DSN": bench.dsn, "BENCH_FLOOR_GATES": str(gates)}
     for name in ("PROMETHEUS_MULTIPROC_DIR",):
         env.pop(name, None)
     workers = Process(
@@ -128,39 +142,43 @@ def measure_floor(bench: Bench) -> None:
     try:
         wait_until(lambda: bench.vhost.queues.consumers(floor.QUEUE), 90, "floor workers", workers)
         time.sleep(2)  # every process consuming
-        n = len(bench.learner_ids)
-        cpu0, services0 = workers.cpu_seconds(), service_cpu()
-        phase = bench.sampler.start_phase(
-            "floor",
-            lambda: bench.pg.execute(
-                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM bench_floor_id_seq"
-            ).fetchone()[0],
-            floor.QUEUE,
-        )
-        profilers = (
-            start_profilers(bench.logs, "floor", [("workers", workers, ["--subprocesses"])])
-            if bench.args.profile
-            else []
-        )
-        started = time.time()
-        publish_seconds = raw_publish(bench, floor.QUEUE, declare=False)
-        wait_until(
-            lambda: phase["done_fn"]() >= n,
-            max(900, n / 50),
-            "floor to finish",
-            workers,
-            every=0.05,
-        )
-        stop_profilers(profilers)
-        finished = bench.pg.execute("SELECT max(created_at) FROM bench_floor").fetchone()[0]
-        seconds = finished.timestamp() - started
-        cpu = workers.cpu_seconds() - cpu0
-        services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
-        rows = bench.pg.execute("SELECT count(*) FROM bench_floor").fetchone()[0]
-        phase = bench.sampler.end_phase()
+        if not bench.args.strict_floor_only:
+            bench.result["baselines"]["floor_fed"] = _fed_floor(bench, workers, gates)
+        bench.result["baselines"]["floor"] = _strict_floor(bench, workers, gates)
     finally:
         workers.stop(timeout=60)
-    bench.result["baselines"]["floor"] = {
+
+
+def _committed(bench: Bench, batch_id: int) -> int:
+    return bench.pg.execute(
+        "SELECT count(*) FROM bench_floor WHERE batch_id = %s", (batch_id,)
+    ).fetchone()[0]
+
+
+def _floor_phase(bench: Bench, name: str, batch_id: int, workers: Process):
+    phase = bench.sampler.start_phase(name, lambda: _committed(bench, batch_id), floor.QUEUE)
+    profilers = (
+        start_profilers(bench.logs, name, [("workers", workers, ["--subprocesses"])])
+        if bench.args.profile
+        else []
+    )
+    return phase, profilers
+
+
+def _wait_drained(bench: Bench, batch_id: int, workers: Process) -> None:
+    n = len(bench.learner_ids)
+    wait_until(
+        lambda: _committed(bench, batch_id) >= n,
+        max(900, n / 50),
+        "floor to finish",
+        workers,
+        every=0.05,
+    )
+
+
+def _floor_result(bench, batch_id, seconds, cpu, services, phase, **extra) -> dict:
+    rows = _committed(bench, batch_id)
+    return {
         "learners": rows,
         "seconds": round(seconds, 3),
         "per_second": round(rows / seconds, 1),
@@ -169,11 +187,68 @@ def measure_floor(bench: Bench) -> None:
         "service_cpu_ms_per_learner": {
             k: round(1000 * v / rows, 4) for k, v in sorted(services.items())
         },
-        "publish_seconds": round(publish_seconds, 3),
         "peak_queue_ready": phase["peak_ready"],
+        **extra,
         "samples": phase["samples"],
     }
-    log(f"floor: {rows / seconds:,.0f} learners/s, {1000 * cpu / rows:.3f} ms CPU/learner")
+
+
+def _fed_floor(bench: Bench, workers: Process, gates) -> dict:
+    (gates / str(FED)).touch()
+    cpu0, services0 = workers.cpu_seconds(), service_cpu()
+    phase, profilers = _floor_phase(bench, "floor_fed", FED, workers)
+    started = time.time()
+    publish_seconds = raw_publish(bench, floor.QUEUE, declare=False, batch_id=FED)
+    _wait_drained(bench, FED, workers)
+    stop_profilers(profilers)
+    last = bench.pg.execute(
+        "SELECT max(created_at) FROM bench_floor WHERE batch_id = %s", (FED,)
+    ).fetchone()[0]
+    cpu = workers.cpu_seconds() - cpu0
+    services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
+    phase = bench.sampler.end_phase()
+    seconds = last.timestamp() - started
+    result = _floor_result(
+        bench, FED, seconds, cpu, services, phase, publish_seconds=round(publish_seconds, 3)
+    )
+    log(
+        f"floor fed by the publisher: {result['per_second']:,.0f} learners/s, "
+        f"{result['worker_cpu_ms_per_learner']:.3f} ms CPU/learner"
+    )
+    return result
+
+
+def _strict_floor(bench: Bench, workers: Process, gates) -> dict:
+    """Publish everything, then open the gate; CPU is counted from the gate
+    on, the rate from the first row committed to the last."""
+    publish_seconds = raw_publish(bench, floor.QUEUE, declare=False, batch_id=STRICT)
+    time.sleep(1)
+    cpu0, services0 = workers.cpu_seconds(), service_cpu()
+    phase, profilers = _floor_phase(bench, "floor", STRICT, workers)
+    (gates / str(STRICT)).touch()
+    _wait_drained(bench, STRICT, workers)
+    stop_profilers(profilers)
+    cpu = workers.cpu_seconds() - cpu0
+    services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
+    phase = bench.sampler.end_phase()
+    first, last = bench.pg.execute(
+        "SELECT min(created_at), max(created_at) FROM bench_floor WHERE batch_id = %s", (STRICT,)
+    ).fetchone()
+    seconds = (last - first).total_seconds()
+    result = _floor_result(
+        bench,
+        STRICT,
+        seconds,
+        cpu,
+        services,
+        phase,
+        published_before_seconds=round(publish_seconds, 3),
+    )
+    log(
+        f"strict floor (drains what was published before): {result['per_second']:,.0f} "
+        f"learners/s, {result['worker_cpu_ms_per_learner']:.3f} ms CPU/learner"
+    )
+    return result
 
 
 def measure_set_based(bench: Bench) -> None:

@@ -37,11 +37,22 @@ def ratio(a, b):
     return round(a / b, 3) if a is not None and b else None
 
 
-def targets(result: dict) -> list[dict]:
-    """The issue's targets, each with the measured value; `met` is None when
-    this run did not measure it (e.g. the 1M-only targets in a 100k run)."""
+def service_ratio(run: dict, floor_run: dict, service: str):
+    return ratio(
+        run.get("service_cpu_ms_per_learner", {}).get(service),
+        floor_run.get("service_cpu_ms_per_learner", {}).get(service),
+    )
+
+
+def targets(result: dict, reference: dict | None = None) -> list[dict]:
+    """The issue's targets (#16), each with the measured value; `met` is None
+    when this run did not measure it. Ratios are against the strict floor
+    (`baselines.floor`: it drains messages published before it starts).
+    `reference`, a 100,000-learner run's JSON, gives a 1,000,000-learner run
+    its per-learner time ratio."""
     base, actions = result["baselines"], result["actions"]
     learners = result["config"]["learners"]
+    floor_run = base.get("floor", {})
     out = []
 
     def add(name, value, limit, better, note=""):
@@ -50,13 +61,61 @@ def targets(result: dict) -> list[dict]:
             met = value >= limit if better == "higher" else value <= limit
         out.append({"target": name, "value": value, "limit": limit, "met": met, "note": note})
 
+    def rate(action):
+        return ratio(actions.get(action, {}).get("per_second"), floor_run.get("per_second"))
+
+    def worker_cpu(action):
+        return ratio(
+            actions.get(action, {}).get("worker_cpu_ms_per_learner"),
+            floor_run.get("worker_cpu_ms_per_learner"),
+        )
+
     group = actions.get("add_to_group", {})
-    floor_run = base.get("floor", {})
+    add("add_to_group end-to-end / strict floor", rate("add_to_group"), 0.8, "higher")
+    add("worker CPU per learner, add_to_group / floor's", worker_cpu("add_to_group"), 1.2, "lower")
     add(
-        "add_to_group end-to-end / floor (learners/s)",
-        ratio(group.get("per_second"), floor_run.get("per_second")),
-        0.75,
-        "higher",
+        "PostgreSQL CPU per learner, add_to_group / floor's",
+        service_ratio(group, floor_run, "postgresql"),
+        1.8,
+        "lower",
+    )
+    add("deactivate_learner end-to-end / strict floor", rate("deactivate_learner"), 0.75, "higher")
+    add("resend_invitation end-to-end / strict floor", rate("resend_invitation"), 0.5, "higher")
+    add(
+        "worker CPU per learner, resend_invitation / floor's",
+        worker_cpu("resend_invitation"),
+        3,
+        "lower",
+    )
+    add("delete_learner end-to-end / strict floor", rate("delete_learner"), 0.5, "higher")
+    add(
+        "worker CPU per learner, delete_learner / floor's", worker_cpu("delete_learner"), 2, "lower"
+    )
+    finalize = actions.get("delete_learner", {}).get("finalize", {})
+    add("finalize_deletion lag p99 (s)", finalize.get("lag_p99_seconds"), 30, "lower")
+    fair = group.get("fairness", {})
+    add(
+        "10-learner batch during the big one, p95 (s)",
+        fair.get("p95_seconds"),
+        1.0,
+        "lower",
+        f"QUEUE_TYPE={result['config'].get('queue_type') or 'default'}",
+    )
+    note = "" if learners >= 1_000_000 else "target is for 1,000,000 learners"
+    add("producer peak memory (MB)", result.get("producer_peak_rss_mb"), 150, "lower", note)
+    per_learner = None
+    if reference and group.get("seconds"):
+        before = reference.get("actions", {}).get("add_to_group", {})
+        if before.get("seconds"):
+            per_learner = ratio(
+                group["seconds"] / group["learners"], before["seconds"] / before["learners"]
+            )
+    add(
+        "add_to_group time per learner / the reference run's",
+        per_learner,
+        1.1,
+        "lower",
+        "with --reference <100,000 run JSON>, for 1,000,000 learners",
     )
     add(
         "dispatch with confirms / raw publish (msg/s)",
@@ -67,22 +126,9 @@ def targets(result: dict) -> list[dict]:
         0.6,
         "higher",
     )
-    add(
-        "worker CPU per learner / floor's (add_to_group)",
-        ratio(group.get("worker_cpu_ms_per_learner"), floor_run.get("worker_cpu_ms_per_learner")),
-        1.3,
-        "lower",
-    )
     window = result["config"]["dispatch_window"] or 2000
     peak_depth = max((a.get("peak_queue_depth", 0) for a in actions.values()), default=None)
-    note = "" if learners >= 1_000_000 else "target is for 1,000,000 learners"
-    add("producer peak memory (MB)", result.get("producer_peak_rss_mb"), 150, "lower", note)
-    depth = ratio(peak_depth, window)
-    add("peak RabbitMQ depth (ready + unacked) / window", depth, 1.0, "lower", note)
-    fair = group.get("fairness", {})
-    add("10-learner batch during the big one, p95 (s)", fair.get("p95_seconds"), 2.0, "lower")
-    finalize = actions.get("delete_learner", {}).get("finalize", {})
-    add("finalize_deletion lag p99 (s)", finalize.get("lag_p99_seconds"), 60, "lower")
+    add("peak RabbitMQ depth (ready + unacked) / window", ratio(peak_depth, window), 1.0, "lower")
     return out
 
 
@@ -107,16 +153,29 @@ def table(result: dict) -> str:
         f"window {result['config']['dispatch_window'] or 2000}, {result['machine']['cpus']} CPUs",
         "",
         f"{'run':<22}{'learners':>10}{'seconds':>10}{'per s':>10}{'x floor':>9}"
-        f"{'CPU ms/l':>10}{'x floor':>9}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
-        f"{'depth':>7}{'RSS MB':>8}",
+        f"{'CPU ms/l':>10}{'x floor':>9}{'PG ms/l':>9}{'x floor':>9}{'MQ ms/l':>9}"
+        f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'depth':>7}{'RSS MB':>8}",
     ]
-    if floor_run:
-        lines.append(
-            f"{'floor (bare actor)':<22}{fmt(floor_run['learners']):>10}"
-            f"{fmt(floor_run['seconds']):>10}{fmt(floor_run['per_second'], 0):>10}{'1.00':>9}"
-            f"{fmt(floor_run['worker_cpu_ms_per_learner'], 3):>10}{'1.00':>9}"
-        )
     floor_cpu = floor_run.get("worker_cpu_ms_per_learner")
+
+    def services(run) -> str:
+        cpu = run.get("service_cpu_ms_per_learner", {})
+        return (
+            f"{fmt(cpu.get('postgresql'), 3):>9}"
+            f"{fmt(service_ratio(run, floor_run, 'postgresql'), 2):>9}"
+            f"{fmt(cpu.get('rabbitmq'), 3):>9}"
+        )
+
+    for label, name in (("strict floor (drain)", "floor"), ("floor fed by publisher", "floor_fed")):
+        run = base.get(name)
+        if run:
+            lines.append(
+                f"{label:<22}{fmt(run['learners']):>10}{fmt(run['seconds']):>10}"
+                f"{fmt(run['per_second'], 0):>10}"
+                f"{fmt(ratio(run['per_second'], floor_run.get('per_second')), 2):>9}"
+                f"{fmt(run['worker_cpu_ms_per_learner'], 3):>10}"
+                f"{fmt(ratio(run['worker_cpu_ms_per_learner'], floor_cpu), 2):>9}" + services(run)
+            )
     for name, run in actions.items():
         lat = run["latency_seconds"]
         lines.append(
@@ -125,7 +184,8 @@ def table(result: dict) -> str:
             f"{fmt(ratio(run['per_second'], floor_run.get('per_second')), 2):>9}"
             f"{fmt(run['worker_cpu_ms_per_learner'], 3):>10}"
             f"{fmt(ratio(run['worker_cpu_ms_per_learner'], floor_cpu), 2):>9}"
-            f"{fmt(lat['p50'], 2):>8}{fmt(lat['p95'], 2):>8}{fmt(lat['p99'], 2):>8}"
+            + services(run)
+            + f"{fmt(lat['p50'], 2):>8}{fmt(lat['p95'], 2):>8}{fmt(lat['p99'], 2):>8}"
             f"{fmt(run['peak_queue_depth']):>7}"
             f"{fmt(run['producer_peak_rss_mb']):>8}"
         )

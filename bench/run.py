@@ -13,7 +13,9 @@ end), seeds a school with the fast seeder, then measures:
 - dispatch: the producer's ConfirmedPublisher publishing the same messages a
   window at a time with the same keyset query, every message confirmed;
 - floor: a bare Dramatiq actor (bench/floor.py), one INSERT and commit per
-  learner, same processes and threads, fed by a raw publisher;
+  learner, same processes and threads: the strict floor drains messages
+  published before it starts (the targets use it), the other is fed by a raw
+  publisher while it runs (as earlier benches measured it);
 - each action end to end through the real producer and workers (HTTP submit
   until the batch is `completed`), with worker CPU, producer memory, queue
   depth, publish-to-outcome latency, and the fairness case during the first;
@@ -121,10 +123,13 @@ class Bench:
                 "smtp_rate_per_second": args.smtp_rate,
                 "actions": args.actions,
                 "label": args.label,
+                "queue_type": os.environ.get("QUEUE_TYPE", ""),
             },
             "baselines": {},
             "actions": {},
         }
+        # The group add_to_group adds to (the school's first unless set).
+        self.group_id: int | None = None
 
     # -- set up -----------------------------------------------------------
 
@@ -262,7 +267,7 @@ class Bench:
             return {
                 "action": action,
                 "selection": everyone,
-                "params": {"group_ids": [self.first_id("groups")]},
+                "params": {"group_ids": [self.group_id or self.first_id("groups")]},
             }
         if action == "add_to_course":
             return {
@@ -493,7 +498,10 @@ class Bench:
             if not self.args.keep_db:
                 drop_database(self.db_name, PG_ADMIN_DSN)
         self.result["finished_at"] = datetime.now(UTC).isoformat()
-        self.result["targets"] = targets(self.result)
+        reference = (
+            json.loads(Path(self.args.reference).read_text()) if self.args.reference else None
+        )
+        self.result["targets"] = targets(self.result, reference)
         return self.result
 
 
@@ -512,6 +520,16 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--smtp-rate", type=int, default=100_000, help="SMTP_RATE_PER_SECOND")
     parser.add_argument("--fairness-tries", type=int, default=5)
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--strict-floor-only",
+        action="store_true",
+        help="measure only the strict floor (not the one fed by the publisher)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a 100,000-learner run's JSON: per-learner time of this run against it",
+    )
     parser.add_argument("--keep-db", action="store_true")
     parser.add_argument("--label", default="", help="a note stored in the JSON")
     parser.add_argument("--logs", default=None, help="directory for the processes' logs")
