@@ -80,7 +80,7 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
         allowed: set[str] = set()
         # The API's routes are not in app.routes themselves: FastAPI keeps an
         # included router behind one wrapper route.
-        for route in [*app.routes, *router.routes]:
+        for route in [*app.routes, *router.routes, *webhooks.router.routes]:
             if not isinstance(route, Route) or not route.methods:
                 continue
             if route.path_regex.match(request.url.path):
@@ -171,7 +171,7 @@ def path_ids(request: Request) -> dict[str, int]:
 
     if route is None:
         # The API's routes by themselves: FastAPI's included-router wrapper has no name.
-        routes = [*router.routes, *app.router.routes]
+        routes = [*router.routes, *webhooks.router.routes, *app.router.routes]
         route = next(
             (r for r in routes if hasattr(r, "name") and r.matches(request.scope)[0] == Match.FULL),
             None,

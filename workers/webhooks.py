@@ -230,11 +230,17 @@ def send(target: Target, settings: Settings) -> Attempt:
         return attempt(None, "time_limit")
 
 
-def record(session: Session, delivery_id: int, result: Attempt, settings: Settings) -> str:
+def record(session: Session, delivery_id: int, result: Attempt, settings: Settings) -> str | None:
     """Write the attempt and what it means for the delivery; the outcome
-    label: `delivered`, `failed` (retried later) or `gave_up`."""
+    label: `delivered`, `failed` (retried later) or `gave_up`. None when the
+    delivery is gone meanwhile (its endpoint deleted)."""
     connection = session.connection()
     moment = now()
+    attempts = connection.scalar(
+        select(WebhookDelivery.attempts).where(WebhookDelivery.id == delivery_id)
+    )
+    if attempts is None:
+        return None
     connection.execute(
         insert(WebhookAttempt).values(
             delivery_id=delivery_id,
@@ -243,9 +249,6 @@ def record(session: Session, delivery_id: int, result: Attempt, settings: Settin
             error=result.error,
             duration_ms=result.duration_ms,
         )
-    )
-    attempts = connection.scalar(
-        select(WebhookDelivery.attempts).where(WebhookDelivery.id == delivery_id)
     )
     values: dict = {
         "locked_until": None,
@@ -258,10 +261,10 @@ def record(session: Session, delivery_id: int, result: Attempt, settings: Settin
             DeliveryStatus.DELIVERED,
             moment,
         )
-    elif (attempts or 0) >= settings.webhook_max_attempts:
+    elif attempts >= settings.webhook_max_attempts:
         outcome, values["status"] = "gave_up", DeliveryStatus.FAILED
     else:
-        outcome, values["next_attempt_at"] = "failed", moment + backoff(settings, attempts or 1)
+        outcome, values["next_attempt_at"] = "failed", moment + backoff(settings, attempts)
     connection.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING)
@@ -283,6 +286,8 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, delivery_id: in
     result = send(target, settings)
     with sessions() as session, session.begin():
         outcome = record(session, delivery_id, result, settings)
+    if outcome is None:
+        return None
     deliveries_counter().labels(target.event_type, outcome).inc()
     if outcome != "delivered":
         log.info(

@@ -161,3 +161,70 @@ def test_the_cancel_step_that_ends_a_batch_writes_a_cancelled_event(app, session
     for endpoint, expected in ((cancelled, [batch_id]), (completed_only, [])):
         page = api.get(f"/v1/webhooks/{endpoint.json()['id']}/deliveries").json()
         assert [d["batch_id"] for d in page["deliveries"]] == expected
+
+
+def test_a_receiver_that_always_fails_is_given_up_after_the_last_attempt(app, session, school):
+    """`workers.webhooks.deliver` on SQLite against a local server that
+    answers 500: retried after the backoff, given up at WEBHOOK_MAX_ATTEMPTS."""
+    import threading
+    from datetime import timedelta
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from shared.db import now
+    from shared.runtime import current
+    from workers.webhooks import deliver
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(500)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = as_admin(app, school.token)
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    endpoint = api.post("/v1/webhooks", json={"url": url, "events": ["batch.completed"]}).json()
+    chosen = learner_ids(session, school.school_id, status="active")[:1]
+    batch_id = park_batch(session, school.school_id, school.admin_id, "deactivate_learner", chosen)
+    session.execute(
+        BatchItem.__table__.update().where(BatchItem.batch_id == batch_id).values(outcome="applied")
+    )
+    complete_if_finished(session, batch_id)
+    session.commit()
+    [delivery_id] = session.scalars(
+        select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == endpoint["id"])
+    )
+    settings = current().settings.model_copy(update={"webhook_max_attempts": 2})
+    sessions = current().sessions
+
+    def make_due() -> None:
+        with sessions() as other, other.begin():
+            other.execute(
+                WebhookDelivery.__table__.update()
+                .where(WebhookDelivery.id == delivery_id)
+                .values(next_attempt_at=now() - timedelta(seconds=1))
+            )
+
+    try:
+        assert deliver(sessions, settings, delivery_id) == "failed"
+        assert deliver(sessions, settings, delivery_id) is None  # not due yet
+        make_due()
+        assert deliver(sessions, settings, delivery_id) == "gave_up"
+        make_due()
+        assert deliver(sessions, settings, delivery_id) is None  # over
+    finally:
+        server.shutdown()
+    [shown] = api.get(f"/v1/webhooks/{endpoint['id']}/deliveries").json()["deliveries"]
+    assert (shown["status"], shown["attempts"], shown["next_attempt_at"]) == ("failed", 2, None)
+    assert [a["status_code"] for a in shown["attempt_log"]] == [500, 500]
+
+
+def test_a_wrong_method_on_a_webhook_path_lists_the_methods_it_takes(app, school):
+    api = as_admin(app, school.token)
+    assert api.put("/v1/webhooks").headers["Allow"] == "GET, POST"
+    assert api.get("/v1/webhooks/1/rotate-secret").headers["Allow"] == "POST"
