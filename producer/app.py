@@ -116,11 +116,11 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
             route.path if route is not None else "(no route)",
             response.status_code,
             1000 * (time.perf_counter() - started),
+            extra=path_ids(request),
         )
         return response
 
     # FastAPI's documented way to customise the schema is to replace the method.
-            extra=path_ids(request),
     app.openapi = lambda: _openapi_with_bearer_tokens(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
@@ -154,10 +154,6 @@ def create_app(runtime: Runtime | None = None, dispatch: bool = True) -> FastAPI
     return app
 
 
-def _route_of(app: FastAPI, request: Request):
-    """The route that answered, or would have: a middleware can answer (401,
-    413) before routing has run."""
-    route = request.scope.get("route")
 def path_ids(request: Request) -> dict[str, int]:
     """The batch and learner a request's path names, for its log line: ids
     that are numbers only (a path can hold anything a client typed)."""
@@ -169,6 +165,10 @@ def path_ids(request: Request) -> dict[str, int]:
     }
 
 
+def _route_of(app: FastAPI, request: Request):
+    """The route that answered, or would have: a middleware can answer (401,
+    413) before routing has run."""
+    route = request.scope.get("route")
     if route is None:
         # The API's routes by themselves: FastAPI's included-router wrapper has no name.
         routes = [*router.routes, *webhooks.router.routes, *app.router.routes]
