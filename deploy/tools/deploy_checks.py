@@ -921,8 +921,24 @@ def check_kustomize(deploy: Path, r: Report) -> None:
                 }
             )
         )
+        plain = overlay / "plain"
+        plain.mkdir()
+        (plain / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [f"../{base}"],
+                    "components": [f"../{base}/monitoring"],
+                }
+            )
+        )
         built = {}
-        for name, target in (("k8s", deploy / "k8s"), ("k8s + monitoring", overlay)):
+        for name, target in (
+            ("k8s", deploy / "k8s"),
+            ("k8s + monitoring", overlay),
+            ("k8s + monitoring, RUNBOOK_URL not set", plain),
+        ):
             proc = subprocess.run(
                 [*command, str(target)], capture_output=True, text=True, timeout=120
             )
@@ -936,6 +952,18 @@ def check_kustomize(deploy: Path, r: Report) -> None:
         r.error("k8s/kustomization.yaml", "does not apply the migrate Job")
     if any(d["apiVersion"].startswith("monitoring.coreos.com/") for d in built["k8s"]):
         r.error("k8s/kustomization.yaml", "the base must not need the Prometheus Operator CRDs")
+    unset = [
+        d for d in built["k8s + monitoring, RUNBOOK_URL not set"] if d["kind"] == "PrometheusRule"
+    ]
+    links = {
+        (rule.get("annotations") or {}).get("runbook_url", "").split("#")[0]
+        for d in unset
+        for group in d["spec"].get("groups") or []
+        for rule in group.get("rules") or []
+        if "alert" in rule
+    }
+    if links != {RUNBOOK_URL}:
+        r.error("kustomize k8s + monitoring", f"runbook_url bases {links} without RUNBOOK_URL set")
     monitored = built["k8s + monitoring"]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in monitored}
     for needed in (

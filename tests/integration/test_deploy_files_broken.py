@@ -145,8 +145,12 @@ BROKEN = [
     ),
     # Generic good practice: checkov's (deploy/checkov.yaml).
     (
-        "k8s-pod-may-run-as-root",
-        replace("k8s/worker.yaml", "runAsNonRoot: true", "runAsNonRoot: false"),
+        "k8s-no-memory-limit",
+        replace(
+            "k8s/worker.yaml",
+            '              cpu: "2"\n              memory: 1Gi\n',
+            '              cpu: "2"\n',
+        ),
         "checkov:",
     ),
     (
@@ -183,7 +187,7 @@ BROKEN = [
     ),
     (
         "podmonitor-wrong-port",
-        replace("k8s/monitoring/podmonitors.yaml", "    - port: metrics", "    - port: http"),
+        replace("k8s/monitoring/podmonitors.yaml", "    - port: metrics", "    - port: metric"),
         "k8s monitoring:",
     ),
     (

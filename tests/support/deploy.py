@@ -21,7 +21,8 @@ def run_validate(deploy_dir: Path, **env: str) -> subprocess.CompletedProcess[st
         ["bash", str(VALIDATE), str(deploy_dir)],
         capture_output=True,
         text=True,
-        timeout=120,
+        # checkov alone starts in seconds, in minutes on a loaded machine.
+        timeout=600,
         env={**os.environ, **env},
     )
 
