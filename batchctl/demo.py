@@ -5,7 +5,11 @@ emails to a mailbox file); against real services when the settings name them."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +24,33 @@ def _embedded() -> bool:
     return not os.environ.get("BROKER_URL")
 
 
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """The API served by uvicorn on a free local port, in a thread, as
+    `batchctl serve` serves it (lifespan and dispatcher included): its URL."""
+    import uvicorn
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name="demo-api", daemon=True
+    )
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the demo's API did not start (see the log above)")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
 def run_demo(console: Console, learners: int) -> None:
     os.environ.setdefault("DELETION_GRACE_SECONDS", GRACE_SECONDS)
     from workers.runtime import start_worker
@@ -28,7 +59,7 @@ def run_demo(console: Console, learners: int) -> None:
     settings = worker_runtime.settings
 
     import dramatiq
-    from fastapi.testclient import TestClient
+    import httpx
     from sqlalchemy import func, select
 
     from batch_actions_client import BatchClient
@@ -58,8 +89,11 @@ def run_demo(console: Console, learners: int) -> None:
     for column in ("learners", "applied", "skipped", "failed", "per s"):
         summary.add_column(column, justify="right")
     try:
-        with TestClient(create_app(worker_runtime)) as http:
-            client = BatchClient("", seeded.token, http=http)
+        with (
+            _serving(create_app(worker_runtime)) as url,
+            httpx.Client(base_url=url, timeout=30) as http,
+        ):
+            client = BatchClient(url, seeded.token, http=http)
             first_page = [
                 p["id"] for p in http.get("/v1/learners", params={"limit": 50}).json()["learners"]
             ]
