@@ -1,9 +1,10 @@
 """A worker process: its runtime, middleware and actors, wired at start-up.
 
-`batchctl worker` runs `dramatiq workers.runtime:start_worker`; Dramatiq
-calls `start_worker` in each worker process before it consumes, so nothing
-is wired as a side effect of an import. The embedded mode (`batchctl serve`
-and `demo` without BROKER_URL) calls it in its own process.
+`batchctl worker` runs Dramatiq (`workers/dramatiq_cli.py`) on
+`workers.runtime:start_worker`; Dramatiq calls `start_worker` in each worker
+process before it consumes, so nothing is wired as a side effect of an import.
+The embedded mode (`batchctl serve` and `demo` without BROKER_URL) calls it in
+its own process.
 """
 
 from __future__ import annotations
