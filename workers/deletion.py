@@ -5,18 +5,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import now
 from shared.models import AuditEntry, Learner, LearnerStatus
 from shared.outcomes import Outcome
-from workers.erasure import finalize_deletion, purge_learners
-
-FINALIZE = "finalize_deletion"
+from workers.erasure import FINALIZE, finalize_audited, finalize_deletion, purge_learners
+from workers.statements import connections_for
 
 
 def finalize_learner(sessions: sessionmaker[Session], school_id: int, learner_id: int) -> Outcome:
+    """Purge one learner and write its audit row, in one transaction: on
+    PostgreSQL one statement on the thread's own connection."""
+    bind = sessions.kw.get("bind")
+    if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+        connections = connections_for(bind.url.render_as_string(hide_password=False))
+        return finalize_audited(connections, learner_id, school_id)
     with sessions() as session, session.begin():
         outcome = finalize_deletion(session, learner_id, school_id)
         if outcome.kind == "applied":

@@ -11,16 +11,30 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, Delete, Select, Update, bindparam, delete, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Delete,
+    Select,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared.models import (
     ActivityEvent,
     ApiToken,
+    AuditEntry,
     CourseEnrollment,
     CourseProgress,
     GroupMembership,
     Invitation,
+    ItemOutcome,
     Learner,
     LearnerSession,
     LearnerSettings,
@@ -29,6 +43,10 @@ from shared.models import (
     SharedLink,
 )
 from shared.outcomes import Outcome, Reason
+from workers.statements import Connections, execute_statement
+
+# The audit action of a purge.
+FINALIZE = "finalize_deletion"
 
 # Everything keyed by learner that finalize deletion removes. A test scans every
 # table in the metadata for the learner's PII, so a table added to the model
@@ -78,19 +96,40 @@ SCHOOL = bindparam("school", type_=BigInteger)
 
 
 @cache
-def _one_statement() -> Select[Any]:
+def _one_statement(audited: bool = False) -> Select[Any]:
     """The purge as one PostgreSQL statement: lock the learner, run every
     purge statement as a CTE if they are still `deleting`, and answer the
-    status found. One round trip instead of thirteen."""
+    status found. One round trip instead of thirteen. `audited` adds the
+    `finalize_deletion` audit row of a learner it purges, as a CTE too."""
     target = (
-        select(Learner.id, Learner.status)
+        select(Learner.id, Learner.school_id, Learner.status)
         .where(Learner.id == LEARNER, SCHOOL.is_(None) | (Learner.school_id == SCHOOL))
         .with_for_update()
         .cte("target")
     )
     doomed = select(target.c.id).where(target.c.status == LearnerStatus.DELETING.value)
     purges = [statement.cte(f"purge_{n}") for n, statement in enumerate(purge_statements(doomed))]
+    if audited:
+        audit = insert(AuditEntry).from_select(
+            ["school_id", "learner_id", "action", "outcome"],
+            select(
+                target.c.school_id,
+                target.c.id,
+                literal(FINALIZE),
+                literal(ItemOutcome.APPLIED.value),
+            ).where(target.c.status == LearnerStatus.DELETING.value),
+        )
+        purges.append(audit.cte("audit"))
     return select(target.c.status).add_cte(*purges)
+
+
+def finalize_audited(connections: Connections, learner_id: int, school_id: int) -> Outcome:
+    """`finalize_deletion` with its audit row, as one statement on the
+    thread's autocommit connection (PostgreSQL): one round trip, no pool
+    checkout, BEGIN or COMMIT around it."""
+    params = {"learner": learner_id, "school": school_id}
+    row = execute_statement(connections, _one_statement(audited=True), params).fetchone()
+    return _purged(row[0] if row else None)
 
 
 def finalize_deletion(session: Session, learner_id: int, school_id: int | None = None) -> Outcome:

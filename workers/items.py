@@ -101,7 +101,7 @@ class Items:
         self.sessions = runtime.sessions
         self.settings = runtime.settings
         self.on_postgresql = runtime.engine.dialect.name == "postgresql"
-        self.connections = statements.Connections(runtime.settings.database_url)
+        self.connections = statements.connections_for(runtime.settings.database_url)
         self.context = lru_cache(maxsize=1024)(self._load_context)
         self.one_statement = lru_cache(maxsize=1024)(self._prepare)
         self.buffer = (

@@ -31,13 +31,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlencode, urlparse
 
 import redis
-from dramatiq.rate_limits import WindowRateLimiter
-from dramatiq.rate_limits.backends import RedisBackend
-from sqlalchemy import insert, select, update
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Executable, Update, bindparam, insert, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import complete_if_finished, counts_from_items, move_item
@@ -51,9 +51,11 @@ from shared.models import (
     Learner,
     LearnerStatus,
     School,
+    UtcDateTime,
 )
 from shared.progress import NoProgress, Progress
 from shared.settings import Settings
+from workers import statements
 from workers.errors import TransientError, is_transient
 
 RATE_LIMIT_WAIT_SECONDS = 30
@@ -184,31 +186,61 @@ class LocalRateLimiter:
 
 
 class SharedRateLimiter:
-    """At most `per_second` emails a second across every worker (Redis window)."""
+    """At most `per_second` emails in any one wall-clock second across every
+    worker: one Redis counter per second (`smtp-invitations@<unix second>`).
 
-    def __init__(self, per_second: int, client: redis.Redis | None) -> None:
+    A process takes permits a block at a time with one `INCRBY` (a round
+    trip, no WATCH/MULTI retries when many threads ask at once) and hands them
+    to its threads until that second ends; permits it does not use by then
+    expire unused, so the budget is never exceeded, only sometimes not all
+    used. The block is 1 at the default rates, larger only when the limit is
+    high enough that one round trip per email would be what limits."""
+
+    def __init__(
+        self, per_second: int, client: redis.Redis | None, key: str = "smtp-invitations"
+    ) -> None:
+        self.per_second = per_second
+        self.key = key
+        self.block = max(1, per_second // 200)
         self.fallback = LocalRateLimiter(per_second)
-        self.limiter = (
-            WindowRateLimiter(
-                RedisBackend(client=client), "smtp-invitations", limit=per_second, window=1
-            )
-            if client
-            else None
-        )
+        self.client = client
+        self.lock = threading.Lock()
+        self.second = 0
+        self.left = 0
 
     def wait(self) -> None:
-        if self.limiter is None:
+        if self.client is None:
             return self.fallback.wait()
         deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
-        while time.monotonic() < deadline:
+        while True:
+            second = int(time.time())
+            with self.lock:
+                if self.second == second and self.left > 0:
+                    self.left -= 1
+                    return None
             try:
-                with self.limiter.acquire(raise_on_failure=False) as acquired:
-                    if acquired:
-                        return None
+                granted = self._reserve(second)
             except Exception:  # Redis down: keep sending, limited per process
                 return self.fallback.wait()
-            time.sleep(0.05)
-        raise TransientError("email rate limit busy")
+            if granted:
+                with self.lock:
+                    if self.second != second:
+                        self.second, self.left = second, 0
+                    self.left += granted - 1
+                return None
+            if time.monotonic() >= deadline:
+                raise TransientError("email rate limit busy")
+            time.sleep(max(0.001, second + 1 - time.time()))  # this second's budget is spent
+
+    def _reserve(self, second: int) -> int:
+        """Permits this process gets for `second` (0 when its budget is spent)."""
+        assert self.client is not None
+        key = f"{self.key}@{second}"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.incrby(key, self.block)
+        pipe.pexpire(key, 2000)
+        taken = int(pipe.execute()[0])
+        return max(0, min(self.block, self.per_second - (taken - self.block)))
 
 
 def build_mailer(settings: Settings) -> Mailer:
@@ -270,6 +302,77 @@ def invitation_email(
     return message
 
 
+# The outbox's reads and marks, each one statement (see `Outbox`).
+UNSENT = (
+    select(
+        Invitation.id,
+        Learner.email,
+        Learner.name,
+        Learner.status,
+        School.name.label("school"),
+        Invitation.token_hash,
+        Invitation.batch_id,
+        Invitation.learner_id,
+    )
+    .join(Learner, Learner.id == Invitation.learner_id)
+    .join(School, School.id == Invitation.school_id)
+    .where(Invitation.sending_at.is_(None), Invitation.sent_at.is_(None))
+)
+UNSENT_BY_ID = UNSENT.where(Invitation.id == bindparam("id"))
+UNSENT_FOR_ITEM = UNSENT.where(
+    Invitation.batch_id == bindparam("batch"), Invitation.learner_id == bindparam("learner")
+)
+# Mark an unmarked row as being sent (and sent, when `sent_at` is given).
+MARK = (
+    update(Invitation)
+    .where(
+        Invitation.id == bindparam("id"),
+        Invitation.sending_at.is_(None),
+        Invitation.sent_at.is_(None),
+    )
+    .values(
+        sending_at=bindparam("stamp", type_=UtcDateTime()),
+        sent_at=bindparam("sent_at", type_=UtcDateTime()),
+        attempts=Invitation.attempts + 1,
+    )
+)
+MARK_SENT = (
+    update(Invitation)
+    .where(Invitation.id == bindparam("id"))
+    .values(sent_at=bindparam("stamp", type_=UtcDateTime()))
+)
+UNMARK = update(Invitation).where(Invitation.id == bindparam("id")).values(sending_at=None)
+
+
+class Outbox:
+    """The invitation rows' reads and marks. On PostgreSQL each is one
+    statement on the thread's own autocommit connection (one round trip,
+    its own transaction: no pool checkout, ping, BEGIN or COMMIT around it);
+    on SQLite, the embedded mode, a session transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        on_postgresql = make_url(settings.database_url).get_backend_name() == "postgresql"
+        self.connections = (
+            statements.connections_for(settings.database_url) if on_postgresql else None
+        )
+
+    def row(self, query: Executable, params: dict[str, Any]) -> Any:
+        if self.connections is None:
+            with self.sessions() as session:
+                return session.execute(query, params).first()
+        cursor = statements.execute_statement(self.connections, query, params)
+        cursor.row_factory = namedtuple_row
+        return cursor.fetchone()
+
+    def write(self, statement: Update, params: dict[str, Any]) -> int:
+        """Run the UPDATE in its own transaction; the rows it changed."""
+        if self.connections is None:
+            with self.sessions() as session, session.begin():
+                return session.connection().execute(statement, params).rowcount
+        return statements.execute_statement(self.connections, statement, params).rowcount
+
+
 class InvitationSender:
     """Sends outbox invitations: one per process (`workers.runtime`, the
     reconciler). Without a Redis client the rate limit is per process and
@@ -287,30 +390,22 @@ class InvitationSender:
         self.progress = progress or NoProgress()
         self.mailer = build_mailer(self.settings)
         self.rate = SharedRateLimiter(self.settings.smtp_rate_per_second, client)
+        self.outbox = Outbox(session_factory, settings)
 
     def deliver(self, invitation_id: int) -> bool:
         """Send one outbox invitation unless it is sent or being sent. True if sent now."""
-        with self.sessions() as session:
-            row = session.execute(
-                select(
-                    Learner.email,
-                    Learner.name,
-                    Learner.status,
-                    School.name.label("school"),
-                    Invitation.token_hash,
-                    Invitation.batch_id,
-                    Invitation.learner_id,
-                )
-                .join(Learner, Learner.id == Invitation.learner_id)
-                .join(School, School.id == Invitation.school_id)
-                .where(
-                    Invitation.id == invitation_id,
-                    Invitation.sending_at.is_(None),
-                    Invitation.sent_at.is_(None),
-                )
-            ).first()
+        return self._send(self.outbox.row(UNSENT_BY_ID, {"id": invitation_id}))
+
+    def deliver_for_item(self, batch_id: int, learner_id: int) -> bool:
+        """The same for the invitation a batch's item wrote, found in the same query."""
+        return self._send(
+            self.outbox.row(UNSENT_FOR_ITEM, {"batch": batch_id, "learner": learner_id})
+        )
+
+    def _send(self, row: Any) -> bool:
         if row is None:
             return False
+        invitation_id = row.id
         if row.status != LearnerStatus.INVITED or not row.email:
             self._mark(invitation_id, sent=True)  # activated or removed since: nothing to send
             return False
@@ -342,53 +437,18 @@ class InvitationSender:
             elif marked and _refused_for_now(exc):
                 self._unmark(invitation_id)  # the server did not take it: retry
             raise
-        self._mark_sent(invitation_id)
+        self.outbox.write(MARK_SENT, {"id": invitation_id, "stamp": now()})
         return True
-
-    def deliver_for_item(self, batch_id: int, learner_id: int) -> bool:
-        with self.sessions() as session:
-            invitation_id = session.scalar(
-                select(Invitation.id).where(
-                    Invitation.batch_id == batch_id,
-                    Invitation.learner_id == learner_id,
-                    Invitation.sending_at.is_(None),
-                )
-            )
-        return invitation_id is not None and self.deliver(invitation_id)
 
     def _mark(self, invitation_id: int, sent: bool = False) -> bool:
         """Mark an unmarked row as being sent (and sent, with `sent`)."""
         stamp = now()
-        with self.sessions() as session, session.begin():
-            return bool(
-                session.connection()
-                .execute(
-                    update(Invitation)
-                    .where(
-                        Invitation.id == invitation_id,
-                        Invitation.sending_at.is_(None),
-                        Invitation.sent_at.is_(None),
-                    )
-                    .values(
-                        sending_at=stamp,
-                        sent_at=stamp if sent else None,
-                        attempts=Invitation.attempts + 1,
-                    )
-                )
-                .rowcount
-            )
-
-    def _mark_sent(self, invitation_id: int) -> None:
-        with self.sessions() as session, session.begin():
-            session.execute(
-                update(Invitation).where(Invitation.id == invitation_id).values(sent_at=now())
-            )
+        params = {"id": invitation_id, "stamp": stamp, "sent_at": stamp if sent else None}
+        return bool(self.outbox.write(MARK, params))
 
     def _unmark(self, invitation_id: int) -> None:
-        with contextlib.suppress(Exception), self.sessions() as session, session.begin():
-            session.execute(
-                update(Invitation).where(Invitation.id == invitation_id).values(sending_at=None)
-            )
+        with contextlib.suppress(Exception):
+            self.outbox.write(UNMARK, {"id": invitation_id})
 
 
 def fail_applied_item(

@@ -247,19 +247,31 @@ class Connections:
                 connection.close()
 
 
-def run(
-    connections: Connections, prepared: Prepared, learner_id: int, token: str | None = None
-) -> Outcome | None:
-    """Apply the batch's action to one learner; None if the item is not
-    pending or the batch is not running. Driver errors are raised as
-    SQLAlchemy's, so `workers.errors` classifies them as on the generic path."""
-    params: dict[str, Any] = {"learner": Int8(learner_id)}
-    if token is not None:
-        params["token"] = token
+_shared: dict[str, Connections] = {}
+_shared_lock = threading.Lock()
+
+
+def connections_for(database_url: str) -> Connections:
+    """The process's per-thread connections to `database_url`, shared by the
+    item statements, the invitation outbox and the purge, so that a worker
+    thread holds one connection whatever it runs."""
+    conninfo = libpq_conninfo(database_url)
+    with _shared_lock:
+        if conninfo not in _shared:
+            _shared[conninfo] = Connections(database_url)
+        return _shared[conninfo]
+
+
+def execute(
+    connections: Connections, sql: str, params: dict[str, Any]
+) -> psycopg.Cursor[tuple[Any, ...]]:
+    """One statement on the thread's autocommit connection (its own
+    transaction, one round trip). Driver errors are raised as SQLAlchemy's,
+    so `workers.errors` classifies them as on the generic path."""
     connection = None
     try:
         connection = connections.get()
-        row = connection.execute(prepared.sql, params).fetchone()
+        return connection.execute(sql, params)
     except psycopg.Error as exc:
         # Cannot connect, or the connection broke: transient, retried on a new one.
         broken = (
@@ -268,8 +280,36 @@ def run(
         if broken:
             connections.discard()
         raise sa_exc.DBAPIError.instance(
-            prepared.sql, None, exc, psycopg.Error, connection_invalidated=broken
+            sql, None, exc, psycopg.Error, connection_invalidated=broken
         ) from exc
+
+
+@cache
+def _compiled_statement(statement: Any) -> tuple[str, dict[str, Any]]:
+    sql = statement.compile(
+        dialect=pg_dialect.dialect(), compile_kwargs={"render_postcompile": True}
+    )
+    return str(sql), {name: _plain(value) for name, value in sql.params.items()}
+
+
+def execute_statement(
+    connections: Connections, statement: Any, params: dict[str, Any]
+) -> psycopg.Cursor[tuple[Any, ...]]:
+    """A SQLAlchemy statement (a module constant with named bind parameters),
+    compiled once, run by `execute` with `params` and its own constants."""
+    sql, constants = _compiled_statement(statement)
+    return execute(connections, sql, {**constants, **params})
+
+
+def run(
+    connections: Connections, prepared: Prepared, learner_id: int, token: str | None = None
+) -> Outcome | None:
+    """Apply the batch's action to one learner; None if the item is not
+    pending or the batch is not running."""
+    params: dict[str, Any] = {"learner": Int8(learner_id)}
+    if token is not None:
+        params["token"] = token
+    row = execute(connections, prepared.sql, params).fetchone()
     if row is None:
         return None
     outcome, reason = row
