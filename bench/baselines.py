@@ -14,7 +14,7 @@ import pika
 
 from bench import floor
 from bench.report import log
-from bench.watch import service_cpu, start_profilers, stop_profilers
+from bench.watch import service_cpu, service_cpu_since, start_profilers, stop_profilers
 from tests.support.services import Process, wait_until
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ def _fed_floor(bench: Bench, workers: Process, gates) -> dict:
         "SELECT max(created_at) FROM bench_floor WHERE batch_id = %s", (FED,)
     ).fetchone()[0]
     cpu = workers.cpu_seconds() - cpu0
-    services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
+    services = service_cpu_since(services0)
     phase = bench.sampler.end_phase()
     seconds = last.timestamp() - started
     result = _floor_result(
@@ -229,7 +229,7 @@ def _strict_floor(bench: Bench, workers: Process, gates) -> dict:
     _wait_drained(bench, STRICT, workers)
     stop_profilers(profilers)
     cpu = workers.cpu_seconds() - cpu0
-    services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
+    services = service_cpu_since(services0)
     phase = bench.sampler.end_phase()
     first, last = bench.pg.execute(
         "SELECT min(created_at), max(created_at) FROM bench_floor WHERE batch_id = %s", (STRICT,)

@@ -56,6 +56,7 @@ from bench.watch import (
     latency_buckets,
     producer_published,
     service_cpu,
+    service_cpu_since,
     start_profilers,
     stop_profilers,
 )
@@ -376,7 +377,7 @@ class Bench:
         stop_profilers(profilers)
         cpu = self.workers.cpu_seconds() - cpu0
         pcpu = self.producer.cpu_seconds() - pcpu0
-        services = {k: v - services0.get(k, 0.0) for k, v in service_cpu().items()}
+        services = service_cpu_since(services0)
         services["reconciler"] = self.reconciler.cpu_seconds() - rcpu0
         phase = self.sampler.end_phase()
         after = latency_buckets(self.metrics_url, action)

@@ -178,18 +178,28 @@ def stop_profilers(profilers: list[subprocess.Popen]) -> None:
 SERVICES = {"postgres": "postgresql", "beam.smp": "rabbitmq", "redis-server": "redis"}
 
 
-def service_cpu() -> dict[str, float]:
-    """CPU seconds of PostgreSQL, RabbitMQ and Redis processes (live ones)."""
+def service_cpu() -> dict[str, dict[int, float]]:
+    """CPU seconds of each live PostgreSQL, RabbitMQ and Redis process, by pid."""
     import psutil
 
-    found: dict[str, float] = {}
+    found: dict[str, dict[int, float]] = {}
     for proc in psutil.process_iter(["name"]):
         name = SERVICES.get(proc.info["name"] or "")
         if name:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                found[name] = found.get(name, 0.0) + times.user + times.system
+                found.setdefault(name, {})[proc.pid] = times.user + times.system
     return found
+
+
+def service_cpu_since(before: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each service used since `before`, over the processes alive
+    now (a PostgreSQL backend that exited meanwhile takes its CPU with it:
+    summing totals would subtract its whole life, so only the live ones count)."""
+    return {
+        name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
+        for name, pids in service_cpu().items()
+    }
 
 
 def producer_published(base_url: str, action: str) -> float | None:
