@@ -14,6 +14,8 @@ RabbitMQ cluster").
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
@@ -53,8 +55,10 @@ class TypedQueuesBroker(RabbitmqBroker):
     The delay queue gets no limit: its messages are only held until their ETA
     and moved on, never run, yet each worker restart counts as a delivery."""
 
-    def __init__(self, *, queue_type: str = "classic", delivery_limit: int | None = None, **kw):
-        super().__init__(**kw)
+    def __init__(
+        self, *, queue_type: str = "classic", delivery_limit: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
         self.queue_type = queue_type
         self.delivery_limit = delivery_limit
 
