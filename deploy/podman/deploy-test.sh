@@ -210,8 +210,11 @@ fi
 mkdir -p "$STATE" "$RUN"
 rm -f "$RUN"/*.log "$RUN"/*.err
 need=()
+# netavark (podman's network stack) runs iptables: without it every container
+# with a network fails with "netavark: No such file or directory".
 for pair in podman:podman runc:runc debootstrap:debootstrap catatonit:catatonit \
-    /usr/lib/podman/aardvark-dns:aardvark-dns /usr/lib/podman/netavark:netavark; do
+    /usr/lib/podman/aardvark-dns:aardvark-dns /usr/lib/podman/netavark:netavark \
+    iptables:iptables; do
     tool="${pair%%:*}" pkg="${pair##*:}"
     if [[ "$tool" == /* ]]; then [[ -e "$tool" ]] || need+=("$pkg"); else
         command -v "$tool" >/dev/null 2>&1 || need+=("$pkg")
