@@ -4,6 +4,7 @@ that message was lost. Either way the learner is purged once."""
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cache
 
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,7 +13,7 @@ from shared.db import now
 from shared.models import AuditEntry, Learner, LearnerStatus
 from shared.outcomes import Outcome
 from workers.erasure import FINALIZE, finalize_audited, finalize_deletion, purge_learners
-from workers.statements import connections_for
+from workers.statements import Connections, connections_for
 
 
 def finalize_learner(sessions: sessionmaker[Session], school_id: int, learner_id: int) -> Outcome:
@@ -20,8 +21,7 @@ def finalize_learner(sessions: sessionmaker[Session], school_id: int, learner_id
     PostgreSQL one statement on the thread's own connection."""
     bind = sessions.kw.get("bind")
     if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-        connections = connections_for(bind.url.render_as_string(hide_password=False))
-        return finalize_audited(connections, learner_id, school_id)
+        return finalize_audited(_connections(bind), learner_id, school_id)
     with sessions() as session, session.begin():
         outcome = finalize_deletion(session, learner_id, school_id)
         if outcome.kind == "applied":
@@ -34,6 +34,14 @@ def finalize_learner(sessions: sessionmaker[Session], school_id: int, learner_id
                 )
             )
     return outcome
+
+
+@cache
+def _connections(engine: Engine) -> Connections:
+    """The worker threads' own connections to the engine's database (looked
+    up once per engine: reading a URL as libpq does costs more than a purge's
+    round trip)."""
+    return connections_for(engine.url.render_as_string(hide_password=False))
 
 
 def finalize_overdue(sessions: sessionmaker[Session], slack: timedelta, limit: int = 2000) -> int:
