@@ -1,8 +1,9 @@
 """deploy/validate.sh passes on the deploy files as they are (a few seconds).
 
 That it fails when a file is broken, and with the validator meant to catch
-it, is tier 2's (tests/integration/test_deploy_files_broken.py: fourteen
-broken copies take most of a minute). The validators come from
+it, is tier 2's (tests/integration/test_deploy_files_broken.py: two dozen
+broken copies, each through the one step meant to catch it, take about a
+minute). The validators come from
 deploy/install-tools.sh (`make test` installs them); a missing one fails.
 """
 
