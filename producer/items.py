@@ -64,20 +64,32 @@ def items_page(session: Session, query: ItemsQuery, limit: int) -> list[BatchIte
 
 
 def result_rows(session: Session, query: ItemsQuery, limit: int) -> list[Row]:
-    """Up to `limit` items matching `query` in the CSV's columns. The learner
-    is joined within the school only: an unknown id (`not_found`) that is
-    another school's learner names no one."""
-    learner = and_(Learner.id == BatchItem.learner_id, Learner.school_id == query.school_id)
-    statement = select(
-        BatchItem.learner_id,
-        Learner.external_id,
-        Learner.email,
-        BatchItem.outcome,
-        BatchItem.reason,
-        BatchItem.error,
-        BatchItem.finished_at,
-    ).select_from(BatchItem.__table__.outerjoin(Learner, learner))
-    return list(session.execute(_filtered(statement, query).limit(limit)))
+    """Up to `limit` items matching `query` in the CSV's columns. The page of
+    items is taken first and only its learners are looked up (by primary
+    key): joined before the LIMIT, PostgreSQL may hash the whole school's
+    learners for every page. The learner is joined within the school only:
+    an unknown id (`not_found`) that is another school's learner names no
+    one."""
+    item = BatchItem.__table__.c
+    page = _filtered(
+        select(item.learner_id, item.outcome, item.reason, item.error, item.finished_at), query
+    )
+    items = page.limit(limit).subquery()
+    learner = and_(Learner.id == items.c.learner_id, Learner.school_id == query.school_id)
+    statement = (
+        select(
+            items.c.learner_id,
+            Learner.external_id,
+            Learner.email,
+            items.c.outcome,
+            items.c.reason,
+            items.c.error,
+            items.c.finished_at,
+        )
+        .select_from(items.outerjoin(Learner, learner))
+        .order_by(items.c.learner_id)
+    )
+    return list(session.execute(statement))
 
 
 def csv_lines(
