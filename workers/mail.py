@@ -382,7 +382,9 @@ UNSENT = (
     .join(School, School.id == Invitation.school_id)
     .where(Invitation.sending_at.is_(None), Invitation.sent_at.is_(None))
 )
-UNSENT_BY_ID = UNSENT.where(Invitation.id == bindparam("id"))
+# Not "id": on SQLite a parameter named like a column of the UPDATEd table is
+# taken for a SET value ("bindparam() name 'id' is reserved").
+UNSENT_BY_ID = UNSENT.where(Invitation.id == bindparam("invitation"))
 UNSENT_FOR_ITEM = UNSENT.where(
     Invitation.batch_id == bindparam("batch"), Invitation.learner_id == bindparam("learner")
 )
@@ -390,7 +392,7 @@ UNSENT_FOR_ITEM = UNSENT.where(
 MARK = (
     update(Invitation)
     .where(
-        Invitation.id == bindparam("id"),
+        Invitation.id == bindparam("invitation"),
         Invitation.sending_at.is_(None),
         Invitation.sent_at.is_(None),
     )
@@ -402,10 +404,10 @@ MARK = (
 )
 MARK_SENT = (
     update(Invitation)
-    .where(Invitation.id == bindparam("id"))
+    .where(Invitation.id == bindparam("invitation"))
     .values(sent_at=bindparam("stamp", type_=UtcDateTime()))
 )
-UNMARK = update(Invitation).where(Invitation.id == bindparam("id")).values(sending_at=None)
+UNMARK = update(Invitation).where(Invitation.id == bindparam("invitation")).values(sending_at=None)
 
 
 class Outbox:
@@ -458,7 +460,7 @@ class InvitationSender:
 
     def deliver(self, invitation_id: int) -> bool:
         """Send one outbox invitation unless it is sent or being sent. True if sent now."""
-        return self._send(self.outbox.row(UNSENT_BY_ID, {"id": invitation_id}))
+        return self._send(self.outbox.row(UNSENT_BY_ID, {"invitation": invitation_id}))
 
     def deliver_for_item(self, batch_id: int, learner_id: int) -> bool:
         """The same for the invitation a batch's item wrote, found in the same query."""
@@ -501,18 +503,18 @@ class InvitationSender:
             elif marked and _refused_for_now(exc):
                 self._unmark(invitation_id)  # the server did not take it: retry
             raise
-        self.outbox.write(MARK_SENT, {"id": invitation_id, "stamp": now()})
+        self.outbox.write(MARK_SENT, {"invitation": invitation_id, "stamp": now()})
         return True
 
     def _mark(self, invitation_id: int, sent: bool = False) -> bool:
         """Mark an unmarked row as being sent (and sent, with `sent`)."""
         stamp = now()
-        params = {"id": invitation_id, "stamp": stamp, "sent_at": stamp if sent else None}
+        params = {"invitation": invitation_id, "stamp": stamp, "sent_at": stamp if sent else None}
         return bool(self.outbox.write(MARK, params))
 
     def _unmark(self, invitation_id: int) -> None:
         with contextlib.suppress(Exception):
-            self.outbox.write(UNMARK, {"id": invitation_id})
+            self.outbox.write(UNMARK, {"invitation": invitation_id})
 
 
 def fail_applied_item(
