@@ -374,7 +374,7 @@ class Waiting(threading.Thread):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.retention", description=__doc__)
     parser.add_argument("--items", type=int, default=1_000_000, help="expired items to remove")
-    parser.add_argument("--learners", type=int, default=150_000, help="the running batch's")
+    parser.add_argument("--learners", type=int, default=30_000, help="the running batch's")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--keep-db", action="store_true")

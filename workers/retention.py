@@ -43,8 +43,8 @@ from shared.db import now
 from shared.models import FINISHED_BATCH_STATUSES, AuditEntry, Batch, BatchItem, Invitation
 from shared.settings import Settings
 
-# Rows per transaction. On the shared 2-core machine at a load average of 37,
-# 0.3-1.6 s a chunk on average, 2.5 s the longest (docs/PERFORMANCE.md).
+# Rows per transaction: 0.03-0.13 s a chunk on the shared 2-core machine, up
+# to 1.1 s while a batch ran beside it (docs/PERFORMANCE.md).
 CHUNK_ROWS = 5000
 # Per reconciler pass, for batches and for the audit trail each: at most this
 # many chunks, and no new chunk once this many seconds went (a loaded machine).
