@@ -1,8 +1,9 @@
 """Finalize deletion: purge everything a deleted learner left behind.
 
 What remains is a tombstone: the learner row with its id, school and status
-`deleted`, and no email or name. The audit log refers to learners by id only,
-so it stays and becomes pseudonymous.
+`deleted`, and no email, name or external id (the school's own identifier of
+the person is personal data too, and freed for reuse). The audit log refers
+to learners by id only, so it stays and becomes pseudonymous.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Delete | 
         .values(
             email=None,
             name=None,
+            external_id=None,
             is_admin=False,
             status=LearnerStatus.DELETED.value,
             deleted_at=stamp,

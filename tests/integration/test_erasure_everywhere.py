@@ -9,7 +9,7 @@ import time
 import httpx
 import pika
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from batchctl.seed import seed_school
 from shared.models import AuditEntry, Learner
@@ -71,9 +71,11 @@ def test_a_purged_learner_is_in_no_table_key_log_line_or_message(stack, session,
     caplog.set_level(logging.DEBUG)
     seeded = seed_school(session, learners=20, groups=1, courses=1, name="Erasure School")
     learner = make_learner(session, seeded.school_id, status="invited")
+    external_id = f"hr-{learner.id}-x7q"
+    session.execute(update(Learner).where(Learner.id == learner.id).values(external_id=external_id))
     session.commit()
     email, name = learner.email, learner.name
-    needles = [email, name, email.split("@")[0]]
+    needles = [email, name, email.split("@")[0], external_id]
     headers = {"Authorization": f"Bearer {seeded.token}"}
     # An admin searched for them (an access log line), invited them again and
     # deleted them, selecting them by their name and their email, under
