@@ -170,8 +170,8 @@ ITEMS_CSV_ANSWER: dict[int | str, dict[str, Any]] = {
         "description": "The page as JSON; with `Accept: text/csv` or `?format=csv`, every "
         "matching item from the cursor on, as CSV: a header line `learner_id,external_id,"
         "email,outcome,reason,error,finished_at`, then one item a line (empty cells for "
-        "null; `email` empty once the learner is purged; an `external_id` or `email` that "
-        "starts with `=`, `+`, `-` or `@` gets a leading `'`).",
+        "null; `email` and `external_id` empty once the learner is purged; an `external_id` "
+        "or `email` that starts with `=`, `+`, `-` or `@` gets a leading `'`).",
         "content": {"text/csv": {"schema": {"type": "string"}}},
     }
 }
