@@ -104,22 +104,23 @@ def remove_batch_chunk(sessions: sessionmaker[Session], cutoff: datetime, remove
     """One transaction on one expired batch: up to `CHUNK_ROWS` of its items,
     or (none left) as many of its invitations unlinked, or (none left) the
     batch row. False when no batch is expired."""
-    rows = CHUNK_ROWS
+    gone = 0
     with sessions() as session, session.begin():
         batch_id = _lock_expired_batch(session, cutoff)
         if batch_id is None:
             return False
-        items = _delete_items(session, batch_id, rows)
-        if items:
-            removed.items += items
-            rows_removed().labels(table="batch_items").inc(items)
-            return True
-        if _unlink_invitations(session, batch_id, rows):
-            return True
-        session.execute(delete(Batch).where(Batch.id == batch_id))
-        removed.batches += 1
+        items = _delete_items(session, batch_id, CHUNK_ROWS)
+        if not items and not _unlink_invitations(session, batch_id, CHUNK_ROWS):
+            session.execute(delete(Batch).where(Batch.id == batch_id))
+            gone = 1
+    # Counted once committed.
+    removed.items += items
+    removed.batches += gone
+    if items:
+        rows_removed().labels(table="batch_items").inc(items)
+    if gone:
         rows_removed().labels(table="batches").inc()
-        return True
+    return True
 
 
 def _lock_expired_batch(session: Session, cutoff: datetime) -> int | None:
