@@ -50,6 +50,7 @@ from shared.models import (
 from shared.progress import NoProgress
 from shared.settings import Settings
 from shared.webhooks import (
+    EventType,
     RefusedEndpoint,
     UnreadableSecret,
     backoff,
@@ -65,14 +66,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+OUTCOMES = ("delivered", "failed", "gave_up")
+
+
 @cache
 def deliveries_counter() -> Counter:
-    return Counter(
+    counter = Counter(
         "batch_webhook_deliveries",
         "Webhook delivery attempts by event and outcome (delivered, failed: will "
         "be retried, gave_up: the last attempt failed).",
         ["event", "outcome"],
     )
+    # Every series from the start, at 0: a rate() over a series that appears
+    # with its first failure misses that failure, and the alerts would too.
+    for event in EventType:
+        for outcome in OUTCOMES:
+            counter.labels(event.value, outcome)
+    return counter
 
 
 def attempt_seconds(settings: Settings) -> float:
@@ -302,6 +312,8 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, delivery_id: in
 def declare(runtime: WorkerRuntime) -> dramatiq.Actor:
     """The `deliver_webhook` actor on the runtime's broker. Its time limit
     bounds an attempt (a receiver that trickles its answer, a slow resolver)."""
+
+    deliveries_counter()  # exported, at 0, before the first delivery
 
     def deliver_webhook(delivery_id: int) -> str | None:
         return deliver(runtime.sessions, runtime.settings, delivery_id)

@@ -19,7 +19,7 @@ from producer.submit import submit
 from producer.tokens import READ_SCOPE, hash_token, issue_token
 from shared.actions import Actor
 from shared.dispatch import item_message
-from shared.models import ApiToken, Batch, BatchItem, Group, Learner
+from shared.models import ApiToken, Batch, BatchItem, Group, Learner, WebhookEndpoint
 from shared.publish import ConfirmedPublisher
 from shared.runtime import current
 from tests.support.factories import learner_ids, make_learner
@@ -133,6 +133,13 @@ def test_another_schools_ids_behave_exactly_like_missing_ids_on_every_route(
         {"action": "deactivate_learner", "selection": {"learner_ids": [their_learner]}}
     )
     their_batch = submit(session, Actor(theirs.school_id, theirs.admin_id), request).batch.id
+    their_endpoint = WebhookEndpoint(
+        school_id=theirs.school_id,
+        url="https://hooks.example.org/batches",
+        events="batch.completed",
+        secret="sealed",
+    )
+    session.add(their_endpoint)
     session.commit()
     schema = api.get("/openapi.json").json()
     foreign = {
@@ -140,12 +147,14 @@ def test_another_schools_ids_behave_exactly_like_missing_ids_on_every_route(
         "learner_id": their_learner,
         "group_id": first_id(session, Group, theirs.school_id),
         "token_id": first_id(session, ApiToken, theirs.school_id),
+        "endpoint_id": their_endpoint.id,
     }
     missing = {
         "batch_id": 10**12,
         "learner_id": 10**12 + 1,
         "group_id": 10**12 + 2,
         "token_id": 10**12 + 3,
+        "endpoint_id": 10**12 + 4,
     }
     with_foreign = _walk(api, schema, mine.token, foreign)
     with_missing = _walk(api, schema, mine.token, missing)
@@ -154,6 +163,7 @@ def test_another_schools_ids_behave_exactly_like_missing_ids_on_every_route(
     statuses = {k: v[0] for k, v in with_foreign.items()}
     assert statuses["GET /v1/batches/{batch_id}"] == 404
     assert statuses["DELETE /v1/tokens/{token_id}"] == 404
+    assert statuses["DELETE /v1/webhooks/{endpoint_id}"] == 404
     assert statuses["POST /v1/batches"] == 422  # a group of another school is "no such group"
     # The cancel attempt with the wrong school's token changed nothing.
     assert session.scalar(select(Batch.status).where(Batch.id == their_batch)) in (
