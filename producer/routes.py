@@ -48,7 +48,15 @@ from producer.views import batch_view
 from shared.actions import Actor
 from shared.audit import record_submitted
 from shared.batches import CancelReason, request_cancel
-from shared.models import FINISHED_BATCH_STATUSES, Batch, Group, Learner, LearnerStatus
+from shared.contract import Action
+from shared.models import (
+    FINISHED_BATCH_STATUSES,
+    Batch,
+    BatchStatus,
+    Group,
+    Learner,
+    LearnerStatus,
+)
 from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
@@ -147,9 +155,15 @@ def list_batches(
     runtime: RuntimeDep,
     cursor: Cursor = None,
     limit: Limit = 20,
+    status: Annotated[BatchStatus | None, Query(description="Only batches in this status.")] = None,
+    action: Annotated[Action | None, Query(description="Only batches of this action.")] = None,
 ):
     """The school's batches, newest first."""
     query = select(Batch).where(Batch.school_id == actor.school_id)
+    if status is not None:
+        query = query.where(Batch.status == status.value)
+    if action is not None:
+        query = query.where(Batch.action == action.value)
     if cursor:
         query = query.where(Batch.id < cursor)
     batches = session.scalars(query.order_by(Batch.id.desc()).limit(limit)).all()

@@ -184,16 +184,13 @@ class BatchClient:
         self, limit: int = 20, status: str | None = None, action: str | None = None
     ) -> list[dict]:
         """The school's newest `limit` batches, optionally only those of one
-        status and/or action (filtered here, page by page)."""
+        status and/or action."""
         found: list[dict] = []
-        params: dict[str, Any] = {"limit": limit if status is None and action is None else 100}
+        params: dict[str, Any] = {"limit": min(limit, 100)}
+        params |= {k: v for k, v in (("status", status), ("action", action)) if v is not None}
         while len(found) < limit:
             page = self._call("GET", "/v1/batches", params=params)
-            found += [
-                b
-                for b in page["batches"]
-                if status in (None, b["status"]) and action in (None, b["action"])
-            ]
+            found += page["batches"]
             if page["next_cursor"] is None:
                 break
             params["cursor"] = page["next_cursor"]
