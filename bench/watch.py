@@ -26,6 +26,7 @@ class QueueWatch:
     RabbitMQ every few seconds)."""
 
     def __init__(self, url: str, vhost: str) -> None:
+        self.url = url
         self.connection = pika.BlockingConnection(pika.URLParameters(url))
         self.channel = self.connection.channel()
         self.vhost = vhost
@@ -34,6 +35,10 @@ class QueueWatch:
         try:
             return self.channel.queue_declare(queue, passive=True).method.message_count
         except Exception:
+            # The queue is not there yet (the broker closes the channel), or
+            # the connection itself dropped: a new channel, or a new connection.
+            if self.connection.is_closed:
+                self.connection = pika.BlockingConnection(pika.URLParameters(self.url))
             self.channel = self.connection.channel()
             return 0
 
@@ -113,24 +118,30 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(SAMPLE_EVERY):
-            rss = self.producer_rss()
-            self.peak_rss = max(self.peak_rss, rss)
-            with self.lock:
-                phase = self.phase
-            if phase is None:
-                continue
-            done = 0
-            with contextlib.suppress(Exception):
-                done = phase["done_fn"]()
-            ready = self.watch.ready(phase["queue"]) if phase["queue"] else 0
-            if phase["queue"]:
-                # Ready and unacknowledged from one RabbitMQ stats snapshot.
-                ready_unacked = self.watch.detailed().get(phase["queue"])
-                if ready_unacked:
-                    phase["peak_depth"] = max(phase["peak_depth"], sum(ready_unacked))
-            phase["peak_ready"] = max(phase["peak_ready"], ready)
-            phase["peak_rss"] = max(phase["peak_rss"], rss)
-            phase["samples"].append((round(time.time() - phase["t0"], 3), done, ready, rss))
+            try:
+                self.sample()
+            except Exception as exc:  # a missed sample, never a dead sampler
+                print(f"[bench] sample failed: {exc!r}", file=sys.stderr, flush=True)
+
+    def sample(self) -> None:
+        rss = self.producer_rss()
+        self.peak_rss = max(self.peak_rss, rss)
+        with self.lock:
+            phase = self.phase
+        if phase is None:
+            return
+        done = 0
+        with contextlib.suppress(Exception):
+            done = phase["done_fn"]()
+        ready = self.watch.ready(phase["queue"]) if phase["queue"] else 0
+        if phase["queue"]:
+            # Ready and unacknowledged from one RabbitMQ stats snapshot.
+            ready_unacked = self.watch.detailed().get(phase["queue"])
+            if ready_unacked:
+                phase["peak_depth"] = max(phase["peak_depth"], sum(ready_unacked))
+        phase["peak_ready"] = max(phase["peak_ready"], ready)
+        phase["peak_rss"] = max(phase["peak_rss"], rss)
+        phase["samples"].append((round(time.time() - phase["t0"], 3), done, ready, rss))
 
     def stop(self) -> None:
         self.stopping.set()
