@@ -233,6 +233,19 @@ class Inbox:
         with self.lock:
             return Counter(m["To"] for m in self.messages)
 
+    def received_by(self, addresses: list[str], timeout: float = 30) -> dict[str, int]:
+        """How many messages each address got, once each has one (or at the
+        timeout: not an error here, the caller's assertion says who is missing)."""
+
+        def arrived() -> bool:
+            received = self.recipients()
+            return all(received[a] for a in addresses)
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(arrived, timeout, "an email to every address")
+        received = self.recipients()
+        return {a: received[a] for a in addresses}
+
 
 class SmtpServer:
     """A local SMTP server (aiosmtpd) handing what it receives to `handler`,
