@@ -78,6 +78,8 @@ def test_a_message_s_ids_are_its_actor_s_batch_and_learner_arguments():
     purge = finalize_deletion.message(5, 99)
     assert message_ids(broker, item) == {"batch_id": 3, "learner_id": 99}
     assert message_ids(broker, purge) == {"batch_id": None, "learner_id": 99}
+    by_name = add_to_group.message(4, learner_id=98)
+    assert message_ids(broker, by_name) == {"batch_id": 4, "learner_id": 98}
 
 
 def test_log_settings_take_any_case_and_refuse_the_rest(monkeypatch: pytest.MonkeyPatch):
