@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench.environment import PG_ADMIN_DSN, RESULTS
 from bench.report import log
 from tests.support.services import (
     Process,
@@ -40,8 +41,6 @@ from tests.support.services import (
     wait_until,
 )
 
-PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1/postgres")
-RESULTS = Path(__file__).parent / "results"
 MB = 1024 * 1024
 
 LEARNERS = """

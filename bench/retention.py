@@ -41,6 +41,7 @@ import psycopg
 import redis
 from sqlalchemy.orm import sessionmaker
 
+from bench.environment import PG_ADMIN_DSN, RABBIT, REDIS_URL, RESULTS
 from bench.report import log
 from tests.support.services import (
     Process,
@@ -52,10 +53,6 @@ from tests.support.services import (
     wait_until,
 )
 
-PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1/postgres")
-RABBIT = os.environ.get("BENCH_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-RESULTS = Path(__file__).parent / "results"
 INTERVAL = 5.0  # RECONCILE_INTERVAL_SECONDS' default
 
 SIZES = """

@@ -49,6 +49,7 @@ import psycopg
 import redis
 
 from bench.baselines import measure_floor, measure_publish, measure_set_based
+from bench.environment import PG_ADMIN_DSN, RABBIT, REDIS_URL, RESULTS
 from bench.report import histogram_quantile, log, percentile, table, targets
 from bench.watch import (
     QueueWatch,
@@ -71,9 +72,6 @@ from tests.support.services import (
     wait_until,
 )
 
-PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1/postgres")
-RABBIT = os.environ.get("BENCH_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ACTIONS = [
     "add_to_group",
     "add_to_course",
@@ -81,7 +79,6 @@ ACTIONS = [
     "deactivate_learner",
     "delete_learner",
 ]
-RESULTS = Path(__file__).parent / "results"
 
 
 class EmailCount:

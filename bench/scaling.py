@@ -17,8 +17,9 @@ import contextlib
 import json
 
 from bench.baselines import measure_floor
+from bench.environment import PG_ADMIN_DSN, RESULTS
 from bench.report import fmt, log, ratio
-from bench.run import PG_ADMIN_DSN, RESULTS, Bench, drop_database, parse
+from bench.run import Bench, drop_database, parse
 
 COMPONENTS = ("postgresql", "rabbitmq", "redis", "reconciler")
 

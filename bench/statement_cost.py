@@ -26,10 +26,10 @@ import uuid
 import psutil
 import psycopg
 
+from bench.environment import PG_ADMIN_DSN
 from tests.support.services import create_database, drop_database
 
 EXPLAINED = 300
-PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1/postgres")
 
 
 def freeze_batch(pg: psycopg.Connection, school: dict, action: str, group: int) -> int:
