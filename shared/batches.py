@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, Update, and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from shared.audit import Event, record_batch_event, who_removed_access
+from shared.audit import Event, record_batch_event, record_finished_items, who_removed_access
 from shared.db import now
 from shared.models import (
     CANCELLABLE_BATCH_STATUSES,
+    PENDING_ITEM,
     Batch,
     BatchItem,
     BatchStatus,
@@ -86,9 +87,7 @@ def move_item(
 def complete_if_finished(session: Session, batch_id: int) -> bool:
     """Mark a running batch `completed` once no item is pending, with final
     counts from the items. Safe to call from anywhere, any number of times."""
-    pending = exists().where(
-        BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.PENDING
-    )
+    pending = exists().where(BatchItem.batch_id == batch_id, PENDING_ITEM)
     if session.connection().scalar(select(pending)):
         return False
     counts = counts_from_items(session, batch_id)
@@ -102,6 +101,7 @@ def complete_if_finished(session: Session, batch_id: int) -> bool:
         .rowcount
     )
     if done:
+        record_finished_items(session, batch_id, until_done=True)
         record_batch_event(session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.COMPLETED)
         record_batch_end(session, batch_id, BatchStatus.COMPLETED)
     return bool(done)
@@ -170,7 +170,7 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
     stamp = now()
     chunk_ids = (
         select(BatchItem.learner_id)
-        .where(BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.PENDING)
+        .where(BatchItem.batch_id == batch_id, PENDING_ITEM)
         .limit(chunk)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -183,7 +183,7 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
             .where(
                 and_(
                     BatchItem.batch_id == batch_id,
-                    BatchItem.outcome == ItemOutcome.PENDING,
+                    PENDING_ITEM,
                     BatchItem.learner_id.in_(chunk_ids.scalar_subquery()),
                 )
             )
@@ -193,11 +193,7 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
     )
     if cancelled == 0:
         pending = session.connection().scalar(
-            select(
-                exists().where(
-                    BatchItem.batch_id == batch_id, BatchItem.outcome == ItemOutcome.PENDING
-                )
-            )
+            select(exists().where(BatchItem.batch_id == batch_id, PENDING_ITEM))
         )
         if not pending:
             ended = (
@@ -214,6 +210,7 @@ def cancel_step(session: Session, batch_id: int, chunk: int = CANCEL_CHUNK) -> i
                 .rowcount
             )
             if ended:
+                record_finished_items(session, batch_id, until_done=True)
                 _audit_lost_access_cancel(session, batch_id)
                 record_batch_event(
                     session, batch_id, Event.BATCH_FINISHED, outcome=BatchStatus.CANCELLED

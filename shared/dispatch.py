@@ -20,11 +20,12 @@ import dramatiq
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.audit import record_finished_items
 from shared.batches import cancel_step, complete_if_finished
 from shared.broker import SMALL_BATCH_PRIORITY
 from shared.db import now
 from shared.metrics import messages_published
-from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
+from shared.models import PENDING_ITEM, Batch, BatchItem, BatchStatus
 from shared.publish import Publisher, PublishError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _in_flight(session: Session, batch_id: int, cursor: int) -> int:
     count = session.scalar(
         select(func.count()).where(
             BatchItem.batch_id == batch_id,
-            BatchItem.outcome == ItemOutcome.PENDING,
+            PENDING_ITEM,
             BatchItem.learner_id <= cursor,
         )
     )
@@ -101,6 +102,7 @@ def dispatch_step(
         batch = _lock_batch(session, batch_id)
         if batch is None or batch.status != BatchStatus.RUNNING:
             return 0
+        record_finished_items(session, batch_id)
         in_flight = _in_flight(session, batch_id, batch.dispatch_cursor)
         room = window - headroom(window) - in_flight
         if room <= 0 or (in_flight and room < refill_size(window)):
@@ -109,7 +111,7 @@ def dispatch_step(
             select(BatchItem.learner_id)
             .where(
                 BatchItem.batch_id == batch_id,
-                BatchItem.outcome == ItemOutcome.PENDING,
+                PENDING_ITEM,
                 BatchItem.learner_id > batch.dispatch_cursor,
             )
             .order_by(BatchItem.learner_id)
@@ -155,7 +157,7 @@ def republish_stale(
         learner_ids = session.scalars(
             select(BatchItem.learner_id).where(
                 BatchItem.batch_id == batch_id,
-                BatchItem.outcome == ItemOutcome.PENDING,
+                PENDING_ITEM,
                 BatchItem.learner_id <= batch.dispatch_cursor,
             )
         ).all()

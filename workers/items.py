@@ -1,5 +1,6 @@
 """The per-learner hot path: claim the item, apply the action, record the
-outcome and the audit row, in one short transaction; then count progress.
+outcome, in one short transaction; then count progress. (The audit row is
+copied from the item later: `shared.audit.record_finished_items`.)
 
 On PostgreSQL that transaction is one statement (`workers.statements`): one
 round trip per learner. The generic path below (`shared.actions.apply_action`
@@ -17,14 +18,14 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from sqlalchemy import and_, exists, insert, update
+from sqlalchemy import and_, exists, update
 from sqlalchemy.orm import Session
 
 from shared.actions import Actor, apply_action, new_token_hash
 from shared.batches import BatchContext, complete_if_finished, load_context
 from shared.contract import Action
 from shared.db import now
-from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome
+from shared.models import PENDING_ITEM, Batch, BatchItem, BatchStatus
 from shared.outcomes import Outcome
 from shared.progress import NoProgress, ProgressBuffer
 from shared.runtime import Runtime
@@ -44,7 +45,7 @@ def claim_item(session: Session, batch_id: int, learner_id: int) -> bool:
                 and_(
                     BatchItem.batch_id == batch_id,
                     BatchItem.learner_id == learner_id,
-                    BatchItem.outcome == ItemOutcome.PENDING,
+                    PENDING_ITEM,
                     running,
                 )
             )
@@ -55,13 +56,13 @@ def claim_item(session: Session, batch_id: int, learner_id: int) -> bool:
 
 
 def record_outcome(
-    session: Session, ctx: BatchContext, learner_id: int, outcome: Outcome, pending_only=False
+    session: Session, batch_id: int, learner_id: int, outcome: Outcome, pending_only=False
 ) -> bool:
-    """Write the item's outcome and the audit row. With `pending_only`, only a
-    still-pending item is written (recording a failure outside the claim)."""
-    conditions = [BatchItem.batch_id == ctx.batch_id, BatchItem.learner_id == learner_id]
+    """Write the item's outcome. With `pending_only`, only a still-pending
+    item is written (recording a failure outside the claim)."""
+    conditions = [BatchItem.batch_id == batch_id, BatchItem.learner_id == learner_id]
     if pending_only:
-        conditions.append(BatchItem.outcome == ItemOutcome.PENDING)
+        conditions.append(PENDING_ITEM)
     written = (
         session.connection()
         .execute(
@@ -76,18 +77,6 @@ def record_outcome(
         )
         .rowcount
     )
-    if written:
-        session.connection().execute(
-            insert(AuditEntry).values(
-                school_id=ctx.school_id,
-                actor_id=ctx.actor_id,
-                learner_id=learner_id,
-                batch_id=ctx.batch_id,
-                action=ctx.action,
-                outcome=outcome.kind,
-                reason=outcome.reason,
-            )
-        )
     return bool(written)
 
 
@@ -149,7 +138,7 @@ class Items:
                     grace_seconds=self.settings.deletion_grace_seconds,
                     invite_cooldown_seconds=self.settings.invite_cooldown_seconds,
                 )
-                record_outcome(session, ctx, learner_id, outcome)
+                record_outcome(session, batch_id, learner_id, outcome)
         self.count(ctx, outcome)
         return outcome
 
@@ -160,7 +149,7 @@ class Items:
             return None
         outcome = Outcome.failed(error)
         with self.sessions() as session, session.begin():
-            if not record_outcome(session, ctx, learner_id, outcome, pending_only=True):
+            if not record_outcome(session, batch_id, learner_id, outcome, pending_only=True):
                 return None
         self.count(ctx, outcome)
         return outcome

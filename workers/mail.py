@@ -535,7 +535,13 @@ def fail_applied_item(
         batch = (
             session.connection()
             .execute(
-                select(Batch.status, Batch.school_id, Batch.actor_id, Batch.action)
+                select(
+                    Batch.status,
+                    Batch.school_id,
+                    Batch.actor_id,
+                    Batch.action,
+                    Batch.audited_through,
+                )
                 .where(Batch.id == batch_id)
                 .with_for_update()
             )
@@ -551,8 +557,12 @@ def fail_applied_item(
             error=error,
             finished_at=now(),
         )
-        if changed and batch is not None:
-            # The trail said `applied`; it says what the item says now.
+        copied = batch is not None and (
+            batch.audited_through is None or learner_id <= batch.audited_through
+        )
+        if changed and batch is not None and copied:
+            # The trail says `applied` already; it says what the item says now.
+            # (An item not copied yet is copied as `failed`.)
             session.connection().execute(
                 insert(AuditEntry).values(
                     school_id=batch.school_id,

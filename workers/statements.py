@@ -2,10 +2,11 @@
 
 For each action, one `WITH ...` statement, built from the action's
 `shared.rules.Rule`, claims the item (locks it if it is still pending and its
-batch is running), applies the rule's effect, writes the item's outcome and
-the audit row, and returns the outcome. It runs on an autocommit connection,
-so the statement is its own transaction: one round trip per learner, commit
-included.
+batch is running), applies the rule's effect, writes the item's outcome, and
+returns the outcome. The item is the record of the change; its audit row is
+copied from it later, set-based (`shared.audit.record_finished_items`). It
+runs on an autocommit connection, so the statement is its own transaction:
+one round trip per learner, commit included.
 
 Why it is as safe as the generic path (`shared.actions.apply_action`):
 
@@ -44,7 +45,6 @@ from sqlalchemy import (
     case,
     exists,
     func,
-    insert,
     literal,
     null,
     select,
@@ -57,7 +57,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 from shared.batches import BatchContext
 from shared.contract import Action
 from shared.db import libpq_conninfo
-from shared.models import AuditEntry, Batch, BatchItem, BatchStatus, ItemOutcome, Learner
+from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome, Learner
 from shared.outcomes import Outcome, Reason
 from shared.rules import RULES, Change, Rule
 
@@ -73,7 +73,7 @@ COOLDOWN = bindparam("cooldown", type_=Interval, required=False)
 
 
 def build(rule: Rule) -> Any:
-    """The rule as one statement: claim, effect, revocations, outcome, audit."""
+    """The rule as one statement: claim, effect, revocations, outcome."""
     running = exists().where(Batch.id == BATCH, Batch.status == BatchStatus.RUNNING.value)
     claimed = (
         select(BatchItem.learner_id)
@@ -148,13 +148,7 @@ def build(rule: Rule) -> Any:
         .returning(result.c.outcome, result.c.reason)
         .cte("written")
     )
-    audit = insert(AuditEntry).from_select(
-        ["school_id", "actor_id", "learner_id", "batch_id", "action", "outcome", "reason"],
-        select(SCHOOL, ACTOR, LEARNER, BATCH, ACTION, written.c.outcome, written.c.reason),
-    )
-    return select(written.c.outcome, written.c.reason).add_cte(
-        applied, *side_effects, audit.cte("audit")
-    )
+    return select(written.c.outcome, written.c.reason).add_cte(applied, *side_effects)
 
 
 @cache
