@@ -21,7 +21,7 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name, xq_name
-from dramatiq.middleware import Middleware, TimeLimit
+from dramatiq.middleware import Middleware, MiddlewareError, TimeLimit
 
 from shared.settings import Settings
 from shared.signing import SignMessages
@@ -44,7 +44,60 @@ class QueueArgumentsMismatch(RuntimeError):
     """A queue exists with other arguments than this process declares it with."""
 
 
-class TypedQueuesBroker(RabbitmqBroker):
+class DefinedHooksOnly(dramatiq.Broker):
+    """Dramatiq calls every middleware's hook for every signal: four signals
+    a message, ten middleware in a worker, most of them the base class's
+    no-op. Here a signal calls only the middleware that define its hook, in
+    Dramatiq's order (before-hooks in list order, after-hooks reversed) and
+    with its error handling; the lists are rebuilt whenever a middleware is
+    added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._hooks: dict[str, list[tuple[Middleware, Any]]] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_middleware(self, middleware, *, before=None, after=None):
+        super().add_middleware(middleware, before=before, after=after)
+        self._hooks = {}
+
+    def _hooked(self, hook: str) -> list[tuple[Middleware, Any]]:
+        hooked = self._hooks.get(hook)
+        if hooked is None:
+            noop = getattr(Middleware, hook, None)
+            ordered = self.middleware if hook.startswith("before_") else self.middleware[::-1]
+            hooked = self._hooks[hook] = [
+                (m, getattr(m, hook)) for m in ordered if getattr(type(m), hook, noop) is not noop
+            ]
+        return hooked
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        hook = "before_" + signal
+        for middleware, call in self._hooked(hook):
+            try:
+                call(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in %s of %r.", hook, middleware, exc_info=True
+                )
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        hook = "after_" + signal
+        for middleware, call in self._hooked(hook):
+            try:
+                call(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in %s of %r.", hook, middleware, exc_info=True
+                )
+
+
+class EmbeddedBroker(DefinedHooksOnly, StubBroker):
+    """Dramatiq's in-process StubBroker (the embedded mode, unit tests)."""
+
+
+class TypedQueuesBroker(DefinedHooksOnly, RabbitmqBroker):
     """Dramatiq's RabbitMQ broker, declaring its queues as `queue_type`.
 
     On quorum queues, RabbitMQ itself counts the deliveries of each message
@@ -132,4 +185,4 @@ def build_broker(
             delivery_limit=settings.max_deliveries if quorum else None,
             middleware=middleware,
         )
-    return StubBroker(middleware=middleware)
+    return EmbeddedBroker(middleware=middleware)

@@ -12,11 +12,13 @@ so any number of producers and reconcilers can run steps side by side.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 
 import dramatiq
+from dramatiq.common import current_millis
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,7 +43,20 @@ def item_message(
         args=(batch_id, learner_id),
         kwargs={},
         options=options,
+        message_id=random_uuid(),
+        message_timestamp=current_millis(),
     )
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID's text, as Dramatiq's `str(uuid.uuid4())`
+    gives it, at half the cost (5.6 against 12.4 us timed on the busy bench
+    machine): that builds a UUID object (an int from the bytes, the version
+    bits set arithmetically) and formats it, and was half the time of making
+    an item's message."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 def priority_for(total: int, window: int) -> int:

@@ -8,17 +8,18 @@ FLUSH_SECONDS, so a scrape sees them at most that late.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import dramatiq
 from dramatiq.common import current_millis
-from dramatiq.middleware import Middleware
 from dramatiq.middleware.prometheus import Prometheus
 
 from shared.contract import LEARNER_ACTORS
@@ -67,6 +68,13 @@ class Tally:
             self._pending[child._sum] += amount
             self._pending[bucket] += 1
 
+    def add(self, updates: Iterable[tuple[Any, float]]) -> None:
+        """Add each amount to its value (a child's `_value`, `_sum` or bucket)."""
+        with self._lock:
+            pending = self._pending
+            for value, amount in updates:
+                pending[value] += amount
+
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(float)
@@ -86,70 +94,140 @@ class Tally:
 TALLY = Tally()
 
 
-class DramatiqMetrics(Prometheus):
+class _Outcome(threading.local):
+    label: str | None = None
+
+
+class WorkerMetrics(Prometheus):
     """Dramatiq's Prometheus middleware (same series, same exposition server)
-    with its two per-message hooks counting into the tally."""
+    and ours: each learner outcome counted once, and timed from publish to
+    outcome. Every per-message update goes to the tally, under one lock per
+    hook, with the series of each (queue, actor) looked up once.
+
+    The outcome is the actor's result: its label, or None for nothing to do.
+    Dramatiq's worker builds (and our filter drops) a warning log record for
+    every result without a result store, so each actor declared on the broker
+    keeps its result on the worker thread for this middleware and returns
+    None to Dramatiq. Its after-hook must run after Retries' (which sets the
+    failed flag): `install` puts it before Retries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._outcome = _Outcome()
 
     def after_process_boot(self, broker):
         super().after_process_boot(broker)
-        TALLY.run_flusher()
-
-    def after_worker_shutdown(self, broker, worker):
-        TALLY.flush()  # before the process's live gauges are marked dead
-        super().after_worker_shutdown(broker, worker)
-
-    def before_process_message(self, broker, message):
-        labels = (message.queue_name, message.actor_name)
-        if message.message_id in self.delayed_messages:
-            self.delayed_messages.remove(message.message_id)
-            self.inprogress_delayed_messages.labels(*labels).dec()
-        TALLY.inc(self.inprogress_messages, labels)
-        self.message_start_times[message.message_id] = current_millis()
-
-    def after_process_message(self, broker, message, *, result=None, exception=None):
-        labels = (message.queue_name, message.actor_name)
-        now = current_millis()
-        started = self.message_start_times.pop(message.message_id, now)
-        TALLY.observe(self.message_durations, labels, now - started)
-        TALLY.inc(self.inprogress_messages, labels, -1)
-        TALLY.inc(self.total_messages, labels)
-        if exception is not None:
-            TALLY.inc(self.total_errored_messages, labels)
-
-    after_skip_message = after_process_message
-
-
-class LearnerMetrics(Middleware):
-    """Counts each learner outcome once, and times it from publish to outcome.
-    The outcome is the actor's result: its label, or None for nothing to do."""
-
-    def after_process_boot(self, broker):
         # Zero series from the start, so rates and ratios are defined before
         # the first learner of an action is processed.
         for action in LEARNER_ACTORS:
             learner_latency().labels(action)
             for outcome in ("applied", "skipped", "failed"):
                 learners_processed().labels(action, outcome)
+        TALLY.run_flusher()
+
+    def after_worker_shutdown(self, broker, worker):
+        TALLY.flush()  # before the process's live gauges are marked dead
+        super().after_worker_shutdown(broker, worker)
+
+    def after_declare_actor(self, broker, actor):
+        fn, outcome = actor.fn, self._outcome
+
+        @functools.wraps(fn)
+        def keeping_result(*args, **kwargs):
+            outcome.label = fn(*args, **kwargs)
+
+        actor.fn = keeping_result
+
+    def series(self, queue_name: str, actor_name: str) -> _Series:
+        series = self._series.get((queue_name, actor_name))
+        if series is None:
+            series = self._series[(queue_name, actor_name)] = _Series(self, queue_name, actor_name)
+        return series
+
+    def before_process_message(self, broker, message):
+        message_id = message.message_id
+        series = self.series(message.queue_name, message.actor_name)
+        if message_id in self.delayed_messages:
+            self.delayed_messages.remove(message_id)
+            self.inprogress_delayed_messages.labels(message.queue_name, message.actor_name).dec()
+        self._outcome.label = None
+        TALLY.add(((series.inprogress, 1.0),))
+        self.message_start_times[message_id] = current_millis()
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        if message.actor_name not in LEARNER_ACTORS:
-            return
-        outcome = result
+        series = self.series(message.queue_name, message.actor_name)
+        now = time.time()
+        updates = self._finished(series, message, now)
+        if series.processed is not None:
+            outcome = self._outcome.label
+            if exception is not None:
+                # Only a failure recorded on the item is an outcome; a retry is not.
+                outcome = "failed" if message.failed else None
+            if outcome:
+                latency = max(0.0, now - message.message_timestamp / 1000)
+                processed = series.processed.get(outcome) or series.outcome(outcome)
+                updates += ((processed, 1.0), *series.latency.observe(latency))
         if exception is not None:
-            # Only a failure recorded on the item is an outcome; a retry is not.
-            outcome = "failed" if message.failed else None
-        if not outcome:
-            return
-        TALLY.inc(learners_processed(), (message.actor_name, outcome))
-        published = message.message_timestamp / 1000
-        TALLY.observe(learner_latency(), (message.actor_name,), max(0.0, time.time() - published))
+            updates += ((series.errored, 1.0),)
+        TALLY.add(updates)
+
+    def after_skip_message(self, broker, message):
+        series = self.series(message.queue_name, message.actor_name)
+        TALLY.add(self._finished(series, message, time.time()))
+
+    def _finished(self, series: _Series, message, now: float) -> tuple:
+        now_ms = int(now * 1000)
+        started = self.message_start_times.pop(message.message_id, None)
+        finished = (
+            (series.total, 1.0),
+            *series.duration.observe(0 if started is None else now_ms - started),
+        )
+        # A message refused before this middleware's before-hook (a forged
+        # one) was never counted in progress.
+        return finished if started is None else ((series.inprogress, -1.0), *finished)
+
+
+class _Series:
+    """The values one message of a (queue, actor) updates."""
+
+    def __init__(self, metrics: WorkerMetrics, queue_name: str, actor_name: str) -> None:
+        labels = (queue_name, actor_name)
+        self.inprogress = metrics.inprogress_messages.labels(*labels)._value
+        self.total = metrics.total_messages.labels(*labels)._value
+        self.errored = metrics.total_errored_messages.labels(*labels)._value
+        self.duration = _Buckets(metrics.message_durations.labels(*labels))
+        self.actor_name = actor_name
+        self.processed: dict[str, Any] | None = None
+        if actor_name in LEARNER_ACTORS:
+            self.processed = {}
+            self.latency = _Buckets(learner_latency().labels(actor_name))
+
+    def outcome(self, outcome: str) -> Any:
+        assert self.processed is not None  # a learner actor's
+        value = self.processed[outcome] = (
+            learners_processed().labels(self.actor_name, outcome)._value
+        )
+        return value
+
+
+class _Buckets:
+    """A histogram child's values: an observation adds to its sum and to the
+    first bucket whose upper bound is >= the amount, as Histogram.observe picks."""
+
+    def __init__(self, child: Any) -> None:
+        self.sum, self.buckets, self.bounds = child._sum, child._buckets, child._upper_bounds
+
+    def observe(self, amount: float) -> tuple:
+        return (self.sum, amount), (self.buckets[bisect_left(self.bounds, amount)], 1.0)
 
 
 class _DiscardedResultWarning(logging.Filter):
     """Dramatiq's worker warns, for every message, that an actor's result is
     discarded unless the Results middleware (a result store) is installed.
-    Ours return their outcome for `LearnerMetrics` only, so that one warning
-    is dropped; every other log line of the worker threads stays."""
+    Ours return their outcome for `WorkerMetrics` only (which, where it is
+    installed, hands Dramatiq None instead), so that one warning is dropped;
+    every other log line of the worker threads stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "returned a value that is not None" not in str(record.msg)
@@ -164,5 +242,4 @@ def install(broker: dramatiq.Broker) -> None:
     if not any(isinstance(f, _DiscardedResultWarning) for f in worker_threads.filters):
         worker_threads.addFilter(_DiscardedResultWarning())
     if os.environ.get("dramatiq_prom_db"):  # noqa: SIM112 (Dramatiq's own name)
-        broker.add_middleware(DramatiqMetrics())
-        broker.add_middleware(LearnerMetrics())
+        broker.add_middleware(WorkerMetrics())

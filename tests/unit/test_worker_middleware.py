@@ -41,11 +41,14 @@ def processed(action: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("batch_learners_processed_total", labels) or 0.0
 
 
-def test_each_outcome_an_actor_returns_is_counted_once(broker, caplog):
+def test_each_outcome_an_actor_returns_is_counted_once(broker, caplog, monkeypatch):
     metrics.install(broker)  # outside the dramatiq CLI: no middleware, the log filter
-    learner_metrics = metrics.LearnerMetrics()
-    broker.add_middleware(learner_metrics)
-    learner_metrics.after_process_boot(broker)
+    worker_metrics = metrics.WorkerMetrics()
+    broker.add_middleware(worker_metrics)
+    # Dramatiq's boot hook points prometheus-client at its directory; undone after.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        monkeypatch.setenv(name, "unused")
+    worker_metrics.after_process_boot(broker)
     outcomes = {2: "applied", 3: "skipped", 4: None}
 
     @dramatiq.actor(broker=broker, actor_name="add_to_group", queue_name="add_to_group")
