@@ -8,10 +8,10 @@ the cursor. A crash before the cursor moves republishes those items, which
 the workers' claim makes harmless. The batch row is locked with SKIP LOCKED,
 so any number of producers and reconcilers can run steps side by side.
 
-`DISPATCH_WINDOW` bounds the window; the producer's loop sizes it in time
-within that bound (`Pace`): about `WINDOW_SECONDS` of the batch's own work,
-so that what a batch published after it waits for on a queue without
-priorities (quorum queues) is a fraction of a second at any rate.
+`DISPATCH_WINDOW` bounds the window. On quorum queues, which have no
+priorities, the producer's loop sizes it in time within that bound (`Pace`):
+about `WINDOW_SECONDS` of the batch's own work, so that a batch published
+after it waits a fraction of a second at any rate, not a whole window.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import cancel_step, complete_if_finished
-from shared.broker import SMALL_BATCH_PRIORITY
+from shared.broker import QUORUM, SMALL_BATCH_PRIORITY
 from shared.db import now
 from shared.metrics import messages_published
 from shared.models import Batch, BatchItem, BatchStatus, ItemOutcome
 from shared.publish import Publisher, PublishError
 
 log = logging.getLogger(__name__)
-# What the producer's loop keeps in flight per batch: this many seconds of the
-# batch's recent rate (`Pace`), within DISPATCH_WINDOW.
+# What the producer's loop keeps in flight per batch on quorum queues: this
+# many seconds of the batch's recent rate (`Pace`), within DISPATCH_WINDOW.
 WINDOW_SECONDS = 0.25
 # The rate is averaged over about this long: a pass every 0.1 s sees a few
 # dozen learners finish, too few to size a window from one pass.
@@ -166,6 +166,14 @@ class Pace:
     def forget_all_but(self, batch_ids: set[int]) -> None:
         for batch_id in self.seen.keys() - batch_ids:
             del self.seen[batch_id]
+
+
+def pace_for(queue_type: str, seconds: float | None = WINDOW_SECONDS) -> Pace | None:
+    """A dispatcher's `Pace`, or None for whole windows. Only queues without
+    priorities need one: on classic queues a small batch overtakes the big
+    batches' windows (`priority_for`), and whole windows keep the backlog
+    KEDA scales the workers on (docs/OPERATIONS.md, "Scaling")."""
+    return Pace(seconds) if queue_type == QUORUM else None
 
 
 def dispatch_step(
@@ -300,8 +308,8 @@ def tick(
 
 
 class DispatchLoop(threading.Thread):
-    """Runs `tick` until stopped: the producer's background dispatcher, which
-    paces every batch's window (`Pace`)."""
+    """Runs `tick` until stopped: the producer's background dispatcher; with a
+    `pace` (quorum queues, `pace_for`) it sizes every batch's window in time."""
 
     def __init__(
         self,
@@ -310,6 +318,7 @@ class DispatchLoop(threading.Thread):
         window: int,
         interval: float = 0.1,
         stale_after: timedelta | None = None,
+        pace: Pace | None = None,
     ) -> None:
         super().__init__(name="dispatch-loop", daemon=True)
         self.session_factory = session_factory
@@ -317,17 +326,17 @@ class DispatchLoop(threading.Thread):
         self.window = window
         self.interval = interval
         self.stale_after = stale_after
+        self.pace = pace
         self.stopping = threading.Event()
         self.woken = threading.Event()
 
     def run(self) -> None:
         publisher = self.make_publisher()
-        pace = Pace()
         try:
             while not self.stopping.is_set():
                 try:
                     busy = tick(
-                        self.session_factory, publisher, self.window, self.stale_after, pace
+                        self.session_factory, publisher, self.window, self.stale_after, self.pace
                     )
                 except Exception:  # keep dispatching whatever one pass hit
                     log.exception("dispatch pass failed")

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import now
-from shared.dispatch import Pace, tick
+from shared.dispatch import Pace, pace_for, tick
 from shared.models import Invitation
 from shared.publish import Publisher
 from shared.settings import Settings
@@ -58,8 +58,9 @@ def reconcile_once(
     sender: InvitationSender | None = None,
     pace: Pace | None = None,
 ) -> Pass:
-    """One pass. `pace` is kept across passes by `run`: with it, a batch the
-    producer is dispatching is left to the producer (`shared.dispatch.Pace`)."""
+    """One pass. `pace` is kept across passes by `run` on quorum queues: with
+    it, a batch the producer is dispatching is left to the producer, which
+    keeps its window small (`shared.dispatch.Pace`)."""
     result = Pass()
     stale_after = timedelta(seconds=settings.stale_after_seconds)
     result.published = tick(
@@ -103,7 +104,7 @@ def run(
     sender: InvitationSender | None,
     stop: threading.Event,
 ) -> None:
-    pace = Pace(seconds=None)
+    pace = pace_for(settings.queue_type, seconds=None)
     while not stop.is_set():
         try:
             result = reconcile_once(sessions, publisher, settings, sender, pace)

@@ -1,4 +1,4 @@
-"""How big a window the producer keeps per batch (`shared.dispatch.Pace`):
+"""How big a window the producer keeps per batch on quorum queues (`shared.dispatch.Pace`):
 a quarter second of the batch's own rate, so that on quorum queues (no
 priorities) a small batch published behind it waits about that long."""
 
@@ -83,3 +83,10 @@ def test_finished_batches_are_forgotten(clock):
         pace.window(batch_id, 0, 0, MOST)
     pace.forget_all_but({2})
     assert set(pace.seen) == {2}
+
+
+def test_only_quorum_queues_are_paced():
+    """Classic queues are priority queues: a small batch overtakes the big
+    batches' windows, which stay whole for KEDA's backlog."""
+    assert dispatch.pace_for("classic") is None
+    assert isinstance(dispatch.pace_for("quorum"), Pace)
