@@ -1,4 +1,4 @@
-"""How big a window the producer keeps per batch on quorum queues (`shared.dispatch.Pace`):
+"""The window the producer keeps per batch on quorum queues (`Pace`):
 a quarter second of the batch's own rate, so that on quorum queues (no
 priorities) a small batch published behind it waits about that long."""
 
