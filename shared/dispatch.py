@@ -131,8 +131,9 @@ class Pace:
 
     A batch whose cursor another dispatcher moved since this one's last pass
     is left to that one for this pass: a second producer, or the reconciler
-    (`seconds=None`, a full window for a batch nobody else moves, as when the
-    producer is down), would otherwise top the window up to `DISPATCH_WINDOW`."""
+    (`seconds=None`: a whole window for a batch nobody moved between two of
+    its passes, as when the producer is down), would otherwise top the window
+    up to `DISPATCH_WINDOW` every pass."""
 
     def __init__(self, seconds: float | None = WINDOW_SECONDS) -> None:
         self.seconds = seconds
