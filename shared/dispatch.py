@@ -127,7 +127,9 @@ class Pace:
     (at least two passes' worth, so a slow pass never starves the queue;
     never more than `DISPATCH_WINDOW`). Several batches on one queue each
     keep `seconds` of their own share, so together they keep `seconds` of
-    the queue's. A batch first seen has no rate yet: it gets the whole window.
+    the queue's. A batch first seen starts at `MIN_WINDOW`, and a window the
+    workers nearly emptied between two passes doubles: the rate measured then
+    is the window's, not the workers', and would keep the window as small.
 
     A batch whose cursor another dispatcher moved since this one's last pass
     is left to that one for this pass: a second producer, or the reconciler
@@ -145,7 +147,7 @@ class Pace:
         seen = self.seen.get(batch_id)
         self.seen[batch_id] = now_seen = _Seen(at, cursor, in_flight)
         if seen is None:
-            return 0 if self.seconds is None else most
+            return 0 if self.seconds is None else min(most, MIN_WINDOW)
         if seen.cursor != cursor:
             return 0
         now_seen.rate = seen.rate
@@ -156,6 +158,8 @@ class Pace:
         weight = min(1.0, elapsed / RATE_SECONDS)
         now_seen.rate = rate if seen.rate is None else seen.rate + weight * (rate - seen.rate)
         wanted = now_seen.rate * max(self.seconds, 2 * elapsed)
+        if in_flight < seen.in_flight // 4:  # the queue ran nearly dry
+            wanted = max(wanted, 2 * seen.in_flight)
         return max(min(most, MIN_WINDOW), min(most, round(wanted)))
 
     def published(self, batch_id: int, cursor: int, in_flight: int) -> None:

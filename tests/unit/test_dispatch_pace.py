@@ -43,8 +43,12 @@ def run_at(pace: Pace, clock: Clock, per_second: int, passes: int) -> int:
     return window
 
 
-def test_a_new_batch_gets_the_whole_window(clock):
-    assert Pace().window(1, 0, 0, MOST) == MOST
+def test_a_new_batch_starts_small_and_grows_while_the_workers_keep_up(clock):
+    pace = Pace()
+    assert pace.window(1, 0, 0, MOST) == dispatch.MIN_WINDOW
+    pace.published(1, 95, 95)
+    clock.now += 0.1
+    assert pace.window(1, 95, 0, MOST) >= 2 * 95  # emptied in one pass: not the workers' limit
 
 
 @pytest.mark.parametrize("per_second", [800, 2000, 4000])
