@@ -23,7 +23,7 @@ from producer.routes import router
 from producer.submit import SubmitError
 from producer.unavailable import DatabaseUnavailable
 from shared import logs, redaction
-from shared.dispatch import DispatchLoop
+from shared.dispatch import DispatchLoop, pace_for
 from shared.metrics import DatabaseCollector, requests, serve_metrics
 from shared.publish import publisher_for
 from shared.runtime import Runtime, current
@@ -41,6 +41,7 @@ def start_dispatcher(runtime: Runtime) -> DispatchLoop:
         lambda: publisher_for(runtime.broker),
         window=settings.dispatch_window,
         stale_after=timedelta(seconds=settings.stale_after_seconds),
+        pace=pace_for(settings.queue_type),
     )
     loop.start()
     return loop

@@ -7,6 +7,11 @@ pending items by keyset, waits for RabbitMQ's confirms, and only then moves
 the cursor. A crash before the cursor moves republishes those items, which
 the workers' claim makes harmless. The batch row is locked with SKIP LOCKED,
 so any number of producers and reconcilers can run steps side by side.
+
+`DISPATCH_WINDOW` bounds the window. On quorum queues, which have no
+priorities, the producer's loop sizes it in time within that bound (`Pace`):
+about `WINDOW_SECONDS` of the batch's own work, so that a batch published
+after it waits a fraction of a second at any rate, not a whole window.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -24,13 +30,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.audit import record_finished_items
 from shared.batches import cancel_step, complete_if_finished
-from shared.broker import SMALL_BATCH_PRIORITY
+from shared.broker import QUORUM, SMALL_BATCH_PRIORITY
 from shared.db import now
 from shared.metrics import messages_published
 from shared.models import PENDING_ITEM, Batch, BatchItem, BatchStatus
 from shared.publish import Publisher, PublishError
 
 log = logging.getLogger(__name__)
+# What the producer's loop keeps in flight per batch on quorum queues: this
+# many seconds of the batch's recent rate (`Pace`), within DISPATCH_WINDOW.
+WINDOW_SECONDS = 0.25
+# The rate is averaged over about this long: a pass every 0.1 s sees a few
+# dozen learners finish, too few to size a window from one pass.
+RATE_SECONDS = 1.0
+# A paced window never goes below this (nor above DISPATCH_WINDOW): a slow
+# action's few learners a second still get a refill's worth a pass.
+MIN_WINDOW = 100
 
 
 def item_message(
@@ -108,17 +123,100 @@ def headroom(window: int) -> int:
     return window // 20
 
 
+class _Seen:
+    __slots__ = ("at", "cursor", "in_flight", "rate")
+
+    def __init__(self, at: float, cursor: int, in_flight: int) -> None:
+        self.at, self.cursor, self.in_flight = at, cursor, in_flight
+        self.rate: float | None = None
+
+
+class Pace:
+    """What one dispatcher remembers of each running batch between its passes,
+    to size the batch's window in time rather than in messages.
+
+    On a queue without priorities (quorum queues on RabbitMQ 3.x) a small
+    batch waits behind every message published before it: a window of 2,000
+    is one second at 2,000 learners/s, three at a busy machine's 700/s. The
+    batch's rate is measured from its own in-flight count, which falls by the
+    learners finished since the last pass, and the window is `seconds` of it
+    (at least two passes' worth, so a slow pass never starves the queue;
+    never more than `DISPATCH_WINDOW`). Several batches on one queue each
+    keep `seconds` of their own share, so together they keep `seconds` of
+    the queue's. A batch first seen starts at `MIN_WINDOW`, and a window the
+    workers nearly emptied between two passes doubles: the rate measured then
+    is the window's, not the workers', and would keep the window as small.
+
+    A batch whose cursor another dispatcher moved since this one's last pass
+    is left to that one for this pass: a second producer, or the reconciler
+    (`seconds=None`: a whole window for a batch nobody moved between two of
+    its passes, as when the producer is down), would otherwise top the window
+    up to `DISPATCH_WINDOW` every pass."""
+
+    def __init__(self, seconds: float | None = WINDOW_SECONDS) -> None:
+        self.seconds = seconds
+        self.seen: dict[int, _Seen] = {}
+
+    def window(self, batch_id: int, cursor: int, in_flight: int, most: int) -> int:
+        """The batch's window for this pass, at most `most`; 0 leaves it alone."""
+        at = time.monotonic()
+        seen = self.seen.get(batch_id)
+        self.seen[batch_id] = now_seen = _Seen(at, cursor, in_flight)
+        if seen is None:
+            return 0 if self.seconds is None else min(most, MIN_WINDOW)
+        if seen.cursor != cursor:
+            return 0
+        now_seen.rate = seen.rate
+        elapsed = at - seen.at
+        if self.seconds is None or elapsed <= 0:
+            return most
+        rate = max(0, seen.in_flight - in_flight) / elapsed
+        weight = min(1.0, elapsed / RATE_SECONDS)
+        now_seen.rate = rate if seen.rate is None else seen.rate + weight * (rate - seen.rate)
+        wanted = now_seen.rate * max(self.seconds, 2 * elapsed)
+        if in_flight < seen.in_flight // 4:  # the queue ran nearly dry
+            wanted = max(wanted, 2 * seen.in_flight)
+        return max(min(most, MIN_WINDOW), min(most, round(wanted)))
+
+    def published(self, batch_id: int, cursor: int, in_flight: int) -> None:
+        """After this dispatcher published up to `cursor`: its own move."""
+        seen = self.seen.get(batch_id)
+        if seen is not None:
+            seen.cursor, seen.in_flight = cursor, in_flight
+
+    def forget_all_but(self, batch_ids: set[int]) -> None:
+        for batch_id in self.seen.keys() - batch_ids:
+            del self.seen[batch_id]
+
+
+def pace_for(queue_type: str, seconds: float | None = WINDOW_SECONDS) -> Pace | None:
+    """A dispatcher's `Pace`, or None for whole windows. Only queues without
+    priorities need one: on classic queues a small batch overtakes the big
+    batches' windows (`priority_for`), and whole windows keep the backlog
+    KEDA scales the workers on (docs/OPERATIONS.md, "Scaling")."""
+    return Pace(seconds) if queue_type == QUORUM else None
+
+
 def dispatch_step(
-    session_factory: sessionmaker[Session], batch_id: int, publisher: Publisher, window: int
+    session_factory: sessionmaker[Session],
+    batch_id: int,
+    publisher: Publisher,
+    window: int,
+    pace: Pace | None = None,
 ) -> int:
     """Top the batch's window up; return how many messages were published.
-    Completes the batch when nothing is pending any more."""
+    Completes the batch when nothing is pending any more. `window` is
+    DISPATCH_WINDOW; `pace`, the dispatcher's memory of the batch, may size
+    it down (`Pace`)."""
     with session_factory() as session, session.begin():
         batch = _lock_batch(session, batch_id)
         if batch is None or batch.status != BatchStatus.RUNNING:
             return 0
         record_finished_items(session, batch_id)
         in_flight = _in_flight(session, batch_id, batch.dispatch_cursor)
+        most = window
+        if pace is not None:
+            window = pace.window(batch_id, batch.dispatch_cursor, in_flight, most)
         room = window - headroom(window) - in_flight
         if room <= 0 or (in_flight and room < refill_size(window)):
             return 0
@@ -135,7 +233,7 @@ def dispatch_step(
         if not learner_ids:
             complete_if_finished(session, batch_id)
             return 0
-        priority = priority_for(batch.total, window)
+        priority = priority_for(batch.total, most)
         publisher.publish(
             [item_message(batch.action, batch_id, lid, priority) for lid in learner_ids]
         )
@@ -145,6 +243,8 @@ def dispatch_step(
             .where(Batch.id == batch_id)
             .values(dispatch_cursor=learner_ids[-1], dispatched_at=now())
         )
+        if pace is not None:
+            pace.published(batch_id, learner_ids[-1], in_flight + len(learner_ids))
         return len(learner_ids)
 
 
@@ -204,17 +304,22 @@ def tick(
     publisher: Publisher,
     window: int,
     stale_after: timedelta | None = None,
+    pace: Pace | None = None,
 ) -> int:
     """One pass over every active batch: refill windows, advance cancels,
-    complete finished batches and (for the reconciler) republish stale items."""
+    complete finished batches and (for the reconciler) republish stale items.
+    `pace` is the dispatcher's memory of the batches across passes (`Pace`)."""
     published = 0
-    for batch_id, status in active_batches(session_factory):
+    batches = active_batches(session_factory)
+    if pace is not None:
+        pace.forget_all_but({batch_id for batch_id, _ in batches})
+    for batch_id, status in batches:
         try:
             if status == BatchStatus.CANCELLING:
                 with session_factory() as session, session.begin():
                     cancel_step(session, batch_id)
                 continue
-            published += dispatch_step(session_factory, batch_id, publisher, window)
+            published += dispatch_step(session_factory, batch_id, publisher, window, pace)
             if stale_after is not None:
                 published += republish_stale(
                     session_factory, batch_id, publisher, window, stale_after
@@ -225,7 +330,8 @@ def tick(
 
 
 class DispatchLoop(threading.Thread):
-    """Runs `tick` until stopped: the producer's background dispatcher."""
+    """Runs `tick` until stopped: the producer's background dispatcher; with a
+    `pace` (quorum queues, `pace_for`) it sizes every batch's window in time."""
 
     def __init__(
         self,
@@ -234,6 +340,7 @@ class DispatchLoop(threading.Thread):
         window: int,
         interval: float = 0.1,
         stale_after: timedelta | None = None,
+        pace: Pace | None = None,
     ) -> None:
         super().__init__(name="dispatch-loop", daemon=True)
         self.session_factory = session_factory
@@ -241,6 +348,7 @@ class DispatchLoop(threading.Thread):
         self.window = window
         self.interval = interval
         self.stale_after = stale_after
+        self.pace = pace
         self.stopping = threading.Event()
         self.woken = threading.Event()
 
@@ -249,7 +357,9 @@ class DispatchLoop(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
-                    busy = tick(self.session_factory, publisher, self.window, self.stale_after)
+                    busy = tick(
+                        self.session_factory, publisher, self.window, self.stale_after, self.pace
+                    )
                 except Exception:  # keep dispatching whatever one pass hit
                     log.exception("dispatch pass failed")
                     busy = 0

@@ -41,9 +41,12 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: Engine = make_engine(
-            settings.database_url, settings.database_pool_size, settings.database_max_overflow
-        )
+        size, overflow = self.default_pool()
+        if settings.database_pool_size is not None:
+            size = settings.database_pool_size
+        if settings.database_max_overflow is not None:
+            overflow = settings.database_max_overflow
+        self.engine: Engine = make_engine(settings.database_url, size, overflow)
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
         # Redis keys are scoped to the database they count for, so two
         # deployments (or test runs) sharing one Redis never mix batch ids.
@@ -57,6 +60,11 @@ class Runtime:
             RedisProgress(self.redis, self.namespace) if self.redis else NoProgress()
         )
         self.broker: dramatiq.Broker = build_broker(settings, self.rabbitmq_class)
+
+    def default_pool(self) -> tuple[int, int]:
+        """The database pool (connections kept, more opened under load) when
+        DATABASE_POOL_SIZE and DATABASE_MAX_OVERFLOW are unset."""
+        return (10, 20)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

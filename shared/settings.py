@@ -45,10 +45,13 @@ class Settings(LogSettings):
     # Embedded mode: a SQLite file in the working directory.
     database_url: str = "sqlite:///batch_actions.db"
     # Each process's pool of database connections (PostgreSQL): kept open,
-    # and opened beyond it under load, then closed. Every process's pool
-    # together must fit the server's max_connections.
-    database_pool_size: int = Field(default=10, ge=1)
-    database_max_overflow: int = Field(default=20, ge=0)
+    # and opened beyond it under load, then closed. Unset, each kind of
+    # process sizes its own (`Runtime.pool`): 10 + 20 for the producer and
+    # the reconciler, 2 + 0 for a worker process, whose threads each run the
+    # hot path on a connection of their own. Every process's pool together,
+    # and each worker thread's connection, must fit max_connections.
+    database_pool_size: int | None = Field(default=None, ge=1)
+    database_max_overflow: int | None = Field(default=None, ge=0)
     # Empty means Dramatiq's in-process broker (embedded mode). The nodes of a
     # RabbitMQ cluster are separated by `;`, tried in order on every connect.
     broker_url: str = ""

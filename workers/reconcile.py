@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import now
-from shared.dispatch import tick
+from shared.dispatch import Pace, pace_for, tick
 from shared.models import Invitation
 from shared.publish import Publisher
 from shared.settings import Settings
@@ -56,10 +56,16 @@ def reconcile_once(
     publisher: Publisher,
     settings: Settings,
     sender: InvitationSender | None = None,
+    pace: Pace | None = None,
 ) -> Pass:
+    """One pass. `pace` is kept across passes by `run` on quorum queues: with
+    it, a batch the producer is dispatching is left to the producer, which
+    keeps its window small (`shared.dispatch.Pace`)."""
     result = Pass()
     stale_after = timedelta(seconds=settings.stale_after_seconds)
-    result.published = tick(sessions, publisher, settings.dispatch_window, stale_after=stale_after)
+    result.published = tick(
+        sessions, publisher, settings.dispatch_window, stale_after=stale_after, pace=pace
+    )
     result.webhooks_published = publish_due(sessions, publisher, stale_after)
     overdue = timedelta(seconds=settings.deletion_overdue_seconds)
     for _ in range(FINALIZE_CHUNKS_PER_PASS):
@@ -98,9 +104,10 @@ def run(
     sender: InvitationSender | None,
     stop: threading.Event,
 ) -> None:
+    pace = pace_for(settings.queue_type, seconds=None)
     while not stop.is_set():
         try:
-            result = reconcile_once(sessions, publisher, settings, sender)
+            result = reconcile_once(sessions, publisher, settings, sender, pace)
             if result.published or result.finalized or result.invitations_sent or result.removed:
                 log.info("reconcile pass: %s", result)
         except Exception as exc:

@@ -28,6 +28,15 @@ class WorkerRuntime(Runtime):
 
     rabbitmq_class = WorkerBroker
 
+    def default_pool(self) -> tuple[int, int]:
+        """Its threads run the hot path on connections of their own
+        (`workers.statements.connections_for`); the pool serves the rare paths
+        (a batch's context, a failure, completing a batch, webhooks), so that a
+        worker process holds its threads + 2 connections, not threads + 10 to
+        30. In the embedded mode (no BROKER_URL) the process serves the API
+        too, and keeps the producer's pool."""
+        return (2, 0) if self.settings.broker_url else super().default_pool()
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.items = Items(self)

@@ -23,6 +23,7 @@ from shared.runtime import Runtime
 from shared.settings import Settings
 from workers import statements
 from workers.errors import is_transient
+from workers.runtime import WorkerRuntime
 
 PAIR = (
     "postgresql://app:s3cret@/batches?host=10.0.0.1:5432&host=10.0.0.2:5433"
@@ -102,6 +103,30 @@ def test_every_engine_of_a_process_takes_the_pool_settings(database_url):
     try:
         assert runtime.engine.pool.size() == 3
         assert runtime.engine.pool._max_overflow == 1  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "pool", "expected"),
+    [
+        (Runtime, {}, (10, 20)),
+        (WorkerRuntime, {}, (2, 0)),  # its threads hold their own connections
+        (WorkerRuntime, {"database_pool_size": 6, "database_max_overflow": 3}, (6, 3)),
+    ],
+)
+def test_a_worker_process_keeps_a_small_pool_unless_told_otherwise(
+    database_url, kind, pool, expected
+):
+    settings = Settings(
+        database_url=database_url,
+        broker_url="amqp://guest:guest@127.0.0.1:5672/%2F",
+        signing_key="k" * 32,
+        **pool,
+    )
+    runtime = kind(settings)
+    try:
+        assert (runtime.engine.pool.size(), runtime.engine.pool._max_overflow) == expected  # type: ignore[attr-defined]
     finally:
         runtime.close()
 
