@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
@@ -66,6 +67,8 @@ def run_demo(console: Console, learners: int) -> None:
     from batchctl.migrate import upgrade
     from producer.app import create_app
     from shared.models import Course, Group, Learner
+    from shared.publish import publisher_for
+    from workers.deletion import claim_due
 
     where = "embedded (SQLite, in-process broker)" if _embedded() else "configured services"
     console.rule(f"Batch Actions demo: {where}")
@@ -139,17 +142,22 @@ def run_demo(console: Console, learners: int) -> None:
                     f"{view['rate_per_second'] or 0:,.0f}",
                 )
         deadline = time.monotonic() + 30
-        with worker_runtime.transaction() as session:
-            while True:
+        publisher = publisher_for(worker_runtime.broker)
+        lease = timedelta(seconds=settings.deletion_overdue_seconds)
+        while True:
+            # The reconciler's part of a deletion (`batchctl reconcile` does it
+            # in a deployment): publish the due learners' finalize messages.
+            claim_due(worker_runtime.sessions, publisher, lease)
+            with worker_runtime.transaction() as session:
                 deleted = session.execute(
                     select(func.count()).where(
                         Learner.school_id == seeded.school_id, Learner.status == "deleted"
                     )
                 ).scalar_one()
-                if deleted >= 10 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-                session.expire_all()
+            if deleted >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        publisher.close()
     finally:
         worker.stop()
     console.print(summary)

@@ -155,6 +155,9 @@ class Learner(Base):
     activated_at: Mapped[datetime | None]
     deactivated_at: Mapped[datetime | None]
     deletion_due_at: Mapped[datetime | None]
+    # Its `finalize_deletion` message is out until then (workers/deletion.py);
+    # still `deleting` after it, the reconciler purges the learner itself.
+    deletion_leased_until: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
     # Set by resend_invitation; a new one within INVITE_COOLDOWN_SECONDS is skipped.
     last_invited_at: Mapped[datetime | None]

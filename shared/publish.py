@@ -124,7 +124,9 @@ class ConfirmedPublisher:
             return
         try:
             self._publish(messages)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        # Dramatiq's BrokerConnectionError: declaring a queue (the first publish to
+        # it) with the broker down.
+        except (pika.exceptions.AMQPError, OSError, dramatiq.BrokerConnectionError) as exc:
             self.close()
             raise PublishError(f"publish failed: {type(exc).__name__}") from exc
 

@@ -77,7 +77,8 @@ class Settings(LogSettings):
     dispatch_window: int = Field(default=2000, ge=1)
     deletion_grace_seconds: int = Field(default=60, ge=0)
     # Reconciler: how often it runs, when in-flight items count as lost, and
-    # how late a purge may be before the reconciler does it itself.
+    # how long a `finalize_deletion` message it published has before it purges
+    # the learners still not purged itself.
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     stale_after_seconds: int = Field(default=120, ge=1)
     deletion_overdue_seconds: int = Field(default=30, ge=0)
@@ -114,11 +115,12 @@ class Settings(LogSettings):
 
     # Message integrity, SMTP and invitation links (docs/SECURITY.md, audit of
     # 2026-11-29). Signed messages older than this are rejected. The oldest
-    # legitimate one is a finalize_deletion message: DELETION_GRACE_SECONDS,
-    # then RETRY_MAX retries (about 14 minutes of backoff at the defaults) and
-    # a 60 s time limit per attempt, about 26 minutes in all; an hour leaves
+    # legitimate one is a message retried RETRY_MAX times (about 14 minutes of
+    # backoff at the defaults) with a 60 s time limit per attempt, about 26
+    # minutes in all, plus DELETION_GRACE_SECONDS for a `finalize_deletion`
+    # message published before #16 (delayed, one per learner); an hour leaves
     # room for a backlog. One rejected as too old is late, not lost: the
-    # reconciler republishes its item (and purges the deletion) anew.
+    # reconciler republishes its item (or its deletion chunk) anew.
     message_max_age_seconds: int = Field(default=3600, ge=60)
     # CA bundle (PEM) to verify the SMTP server by, for a private CA; empty
     # means the system's trusted CAs.

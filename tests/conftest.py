@@ -9,8 +9,11 @@ which is also what the product promises.
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.orm import Session
@@ -127,3 +130,35 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         worker.stop()
         smtp.stop()
         vhost.delete()
+
+
+@pytest.fixture
+def deletions_finalized(stack: Stack, database_url: str) -> Iterator[None]:
+    """The reconciler's deletion duty while the test runs: every 0.3 s the
+    due deletions are claimed and their `finalize_deletion` messages
+    published to the stack's workers (`workers.deletion.claim_due`). The
+    stack runs no reconciler: its other duties (webhooks, retention) would
+    race the tests that run them."""
+    from shared.publish import ConfirmedPublisher
+    from tests.support.environment import sessions_for
+    from workers.deletion import claim_due
+
+    sessions = sessions_for(database_url)
+    broker = stack.broker()
+    stop = threading.Event()
+
+    def claim() -> None:
+        publisher = ConfirmedPublisher(broker)
+        while not stop.wait(0.3):
+            try:
+                claim_due(sessions, publisher, timedelta(seconds=30))
+            except Exception:
+                logging.getLogger(__name__).exception("claiming due deletions")
+        publisher.close()
+
+    claimer = threading.Thread(target=claim, name="deletions-finalized", daemon=True)
+    claimer.start()
+    yield
+    stop.set()
+    claimer.join(timeout=10)
+    broker.close()

@@ -2,9 +2,10 @@
 `finalize_deletion`. Declared on a worker runtime's broker by `declare`.
 
 Actors stay thin: the work is in `workers.items` (the per-learner hot path),
-`workers.mail` (invitation delivery), `workers.deletion` and
-`workers.webhooks` (`deliver_webhook`). Each returns
-the outcome's label, which `workers.metrics.LearnerMetrics` counts.
+`workers.mail` (invitation delivery), `workers.deletion` (`finalize_deletion`,
+a chunk of learners) and `workers.webhooks` (`deliver_webhook`). An item
+actor returns the outcome's label, which `workers.metrics.LearnerMetrics`
+counts; `finalize_deletion` counts its chunk's learners itself.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import dramatiq
 
 from shared.contract import FINALIZE_DELETION_QUEUE, WEBHOOK_QUEUE, Action
 from workers import webhooks
-from workers.deletion import finalize_learner
+from workers.deletion import finalize_chunk
 from workers.errors import PermanentFailure, describe, is_transient
+from workers.metrics import TALLY, learners_processed
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
@@ -32,11 +34,16 @@ RETRY_OPTIONS: dict[str, Any] = {"throws": (PermanentFailure,)}
 def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
     """Every actor, on the runtime's broker."""
     items = runtime.items
-    grace_ms = runtime.settings.deletion_grace_seconds * 1000
 
-    def finalize_deletion(school_id: int, learner_id: int) -> str:
-        """Purge a deleted learner once the grace period is over."""
-        return finalize_learner(runtime.sessions, school_id, learner_id).kind.value
+    def finalize_deletion(school_id: int, learner_ids: list[int] | int) -> None:
+        """Purge a chunk of one school's deleted learners whose grace period
+        is over (`workers.deletion`). A single id is a message published
+        before chunks, one per learner, still queued at the upgrade."""
+        chunk = [learner_ids] if isinstance(learner_ids, int) else learner_ids
+        purged = finalize_chunk(runtime.sessions, school_id, chunk)
+        # Counted here, per learner: a message is a chunk, not one learner.
+        TALLY.inc(learners_processed(), (FINALIZE_DELETION_QUEUE, "applied"), purged)
+        TALLY.inc(learners_processed(), (FINALIZE_DELETION_QUEUE, "skipped"), len(chunk) - purged)
 
     finalizer = dramatiq.actor(
         broker=runtime.broker,
@@ -59,12 +66,6 @@ def declare(runtime: WorkerRuntime) -> dict[str, dramatiq.Actor]:
         if action == Action.RESEND_INVITATION and (outcome is None or applied):
             # Also on redelivery: the item may be done while its email is not sent yet.
             runtime.mailer.deliver_for_item(batch_id, learner_id)
-        elif action == Action.DELETE_LEARNER and applied:
-            ctx = items.context(batch_id)
-            # An applied outcome means `process` found the batch's context, and
-            # a batch row is never deleted, so loading it again cannot miss.
-            assert ctx is not None
-            finalizer.send_with_options(args=(ctx.school_id, learner_id), delay=grace_ms)
         return outcome.kind.value if outcome else None
 
     def item_actor(action: Action) -> dramatiq.Actor:

@@ -9,22 +9,8 @@ to learners by id only, so it stays and becomes pseudonymous.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
-from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Delete,
-    Select,
-    Update,
-    bindparam,
-    delete,
-    func,
-    insert,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import Delete, Update, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import (
@@ -43,8 +29,6 @@ from shared.models import (
     LearningPathEnrollment,
     SharedLink,
 )
-from shared.outcomes import Outcome, Reason
-from workers.statements import Connections, execute_statement
 
 # The audit action of a purge.
 FINALIZE = "finalize_deletion"
@@ -66,11 +50,9 @@ PURGED_BY_LEARNER = (
 )
 
 
-def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Delete | Update]:
+def purge_statements(learner_ids: Sequence[int]) -> list[Delete | Update]:
     """The purge, as statements over a set of learners already locked and
-    known to be `deleting`: delete every row keyed by them, leave tombstones.
-    Both the single finalize (one statement on PostgreSQL) and the bulk sweep
-    of the reconciler run exactly these."""
+    known to be `deleting`: delete every row keyed by them, leave tombstones."""
     stamp = func.now()
     purges: list[Delete | Update] = [
         delete(model).where(model.learner_id.in_(learner_ids)) for model in PURGED_BY_LEARNER
@@ -86,6 +68,7 @@ def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Delete | 
             status=LearnerStatus.DELETED.value,
             deleted_at=stamp,
             deletion_due_at=None,
+            deletion_leased_until=None,
             updated_at=stamp,
             activated_at=None,
         )
@@ -93,77 +76,39 @@ def purge_statements(learner_ids: Select[Any] | Sequence[int]) -> list[Delete | 
     return [*purges, tombstone]
 
 
-LEARNER = bindparam("learner", type_=BigInteger)
-SCHOOL = bindparam("school", type_=BigInteger)
-
-
-@cache
-def _one_statement(audited: bool = False) -> Select[Any]:
-    """The purge as one PostgreSQL statement: lock the learner, run every
-    purge statement as a CTE if they are still `deleting`, and answer the
-    status found. One round trip instead of thirteen. `audited` adds the
-    `finalize_deletion` audit row of a learner it purges, as a CTE too."""
-    target = (
-        select(Learner.id, Learner.school_id, Learner.status)
-        .where(Learner.id == LEARNER, SCHOOL.is_(None) | (Learner.school_id == SCHOOL))
-        .with_for_update()
-        .cte("target")
-    )
-    doomed = select(target.c.id).where(target.c.status == LearnerStatus.DELETING.value)
-    purges = [statement.cte(f"purge_{n}") for n, statement in enumerate(purge_statements(doomed))]
-    if audited:
-        audit = insert(AuditEntry).from_select(
-            ["school_id", "learner_id", "action", "outcome"],
-            select(
-                target.c.school_id,
-                target.c.id,
-                literal(FINALIZE),
-                literal(ItemOutcome.APPLIED.value),
-            ).where(target.c.status == LearnerStatus.DELETING.value),
+def purge_deleting(session: Session, school_id: int, learner_ids: Sequence[int]) -> int:
+    """Purge those of these learners that are still `deleting` in this school,
+    with their `finalize_deletion` audit rows, in the session's transaction.
+    Another school's learner, an unknown id or one already purged is left
+    alone, so purging the same ids twice, or from two processes at once,
+    purges each learner once. Returns how many it purged."""
+    lock = (
+        select(Learner.id)
+        .where(
+            Learner.id.in_(learner_ids),
+            Learner.school_id == school_id,
+            Learner.status == LearnerStatus.DELETING,
         )
-        purges.append(audit.cte("audit"))
-    return select(target.c.status).add_cte(*purges)
-
-
-def finalize_audited(connections: Connections, learner_id: int, school_id: int) -> Outcome:
-    """`finalize_deletion` with its audit row, as one statement on the
-    thread's autocommit connection (PostgreSQL): one round trip, no pool
-    checkout, BEGIN or COMMIT around it."""
-    params = {"learner": learner_id, "school": school_id}
-    row = execute_statement(connections, _one_statement(audited=True), params).fetchone()
-    return _purged(row[0] if row else None)
-
-
-def finalize_deletion(session: Session, learner_id: int, school_id: int | None = None) -> Outcome:
-    """Purge a learner in `deleting`. Safe to run twice and from several
-    processes: the learner row is locked first, and a `deleted` learner skips."""
+        # In id order, so two purges of overlapping chunks cannot deadlock.
+        .order_by(Learner.id)
+        .with_for_update()
+    )
+    doomed = list(session.scalars(lock))
+    if not doomed:
+        return 0
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        params = {"learner": learner_id, "school": school_id}
-        return _purged(connection.execute(_one_statement(), params).scalar())
-    query = select(Learner.status).where(Learner.id == learner_id)
-    if school_id is not None:
-        query = query.where(Learner.school_id == school_id)
-    status = connection.scalar(query.with_for_update())
-    if status == LearnerStatus.DELETING:
-        purge_learners(session, [learner_id])
-    return _purged(status)
-
-
-def purge_learners(session: Session, learner_ids: list[int]) -> None:
-    """Purge these learners; the caller has locked their rows and checked
-    they are `deleting`."""
-    for statement in purge_statements(learner_ids):
-        session.connection().execute(statement)
-
-
-def _purged(status: str | None) -> Outcome:
-    """The outcome of a purge that found the learner in `status`."""
-    if status is None:
-        return Outcome.skipped(Reason.NOT_FOUND)
-    if status == LearnerStatus.DELETED:
-        return Outcome.skipped(Reason.ALREADY_DELETED)
-    if status != LearnerStatus.DELETING:
-        # Only a learner someone chose to delete is ever purged.
-        return Outcome.failed(f"learner is {status}, not deleting")
-    return Outcome.applied()
+    for statement in purge_statements(doomed):
+        connection.execute(statement)
+    connection.execute(
+        insert(AuditEntry),
+        [
+            {
+                "school_id": school_id,
+                "learner_id": learner_id,
+                "action": FINALIZE,
+                "outcome": ItemOutcome.APPLIED.value,
+            }
+            for learner_id in doomed
+        ],
+    )
+    return len(doomed)

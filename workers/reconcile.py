@@ -5,10 +5,12 @@ Each pass, safe to run in several replicas at once:
   completes batches whose Redis counters missed (`shared.dispatch.tick`);
 - republishes the in-flight items of a batch that made no progress for
   `STALE_AFTER_SECONDS` (a lost message, a dead producer);
+- claims the deletions that are due and publishes one `finalize_deletion`
+  message per chunk of one school's learners; purges itself those still not
+  purged `DELETION_OVERDUE_SECONDS` later (a lost message), and those whose
+  messages the broker does not take (`workers.deletion.claim_due`);
 - publishes the webhook deliveries that are due: first attempts, retries,
   and those a killed worker held (`shared.webhooks.publish_due`);
-- finalizes deletions more than `DELETION_OVERDUE_SECONDS` past due (a lost
-  `finalize_deletion` message), well within the one-hour promise;
 - sends outbox invitations nobody picked up within `STALE_AFTER_SECONDS`
   (their message was acked without a delivery attempt, e.g. given up on);
 - removes finished batches and audit rows past their retention, a bounded
@@ -31,20 +33,23 @@ from shared.models import Invitation
 from shared.publish import Publisher
 from shared.settings import Settings
 from shared.webhooks import publish_due
-from workers.deletion import finalize_overdue
+from workers.deletion import CLAIM, claim_due
 from workers.errors import describe, is_transient
 from workers.mail import InvitationSender
 from workers.retention import Removed, remove_expired
 
 log = logging.getLogger(__name__)
-# Overdue purges are set-based, 2,000 learners a transaction; a pass does at
-# most this many chunks, so a huge backlog does not hold up the other duties.
-FINALIZE_CHUNKS_PER_PASS = 25
+# Due deletions are claimed `CLAIM` learners a transaction; a pass makes at
+# most this many claims, so a huge backlog does not hold up the other duties.
+FINALIZE_CLAIMS_PER_PASS = 25
 
 
 @dataclass
 class Pass:
     published: int = 0
+    # Deleted learners whose finalize message this pass published, and those
+    # it purged itself (their message's lease ran out, or the broker failed).
+    deletions_published: int = 0
     finalized: int = 0
     invitations_sent: int = 0
     webhooks_published: int = 0
@@ -66,13 +71,14 @@ def reconcile_once(
     result.published = tick(
         sessions, publisher, settings.dispatch_window, stale_after=stale_after, pace=pace
     )
-    result.webhooks_published = publish_due(sessions, publisher, stale_after)
-    overdue = timedelta(seconds=settings.deletion_overdue_seconds)
-    for _ in range(FINALIZE_CHUNKS_PER_PASS):
-        finalized = finalize_overdue(sessions, overdue)
-        result.finalized += finalized
-        if not finalized:
+    lease = timedelta(seconds=settings.deletion_overdue_seconds)
+    for _ in range(FINALIZE_CLAIMS_PER_PASS):
+        claimed = claim_due(sessions, publisher, lease)
+        result.deletions_published += claimed.published
+        result.finalized += claimed.purged
+        if claimed.published + claimed.purged < CLAIM:
             break
+    result.webhooks_published = publish_due(sessions, publisher, stale_after)
     if sender is not None:
         with sessions() as session:
             unsent = session.scalars(
@@ -108,7 +114,13 @@ def run(
     while not stop.is_set():
         try:
             result = reconcile_once(sessions, publisher, settings, sender, pace)
-            if result.published or result.finalized or result.invitations_sent or result.removed:
+            if (
+                result.published
+                or result.deletions_published
+                or result.finalized
+                or result.invitations_sent
+                or result.removed
+            ):
                 log.info("reconcile pass: %s", result)
         except Exception as exc:
             log.warning("reconcile pass failed, will retry: %s", describe(exc))

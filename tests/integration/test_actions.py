@@ -12,6 +12,7 @@ from shared.actions import Actor
 from shared.models import (
     ActivityEvent,
     ApiToken,
+    AuditEntry,
     Course,
     CourseEnrollment,
     CourseProgress,
@@ -33,7 +34,7 @@ from tests.support.actions import (
     resend_invitation,
 )
 from tests.support.factories import make_group, make_learner
-from workers.erasure import finalize_deletion
+from workers.erasure import purge_deleting
 
 SKIP = Outcome.skipped
 APPLIED = Outcome.applied()
@@ -259,7 +260,7 @@ def test_deleting_twice_reports_already_deleted(session, actor):
     learner = make_learner(session, actor.school_id)
     delete_learner(session, actor, learner.id)
     assert delete_learner(session, actor, learner.id) == SKIP(Reason.ALREADY_DELETED)
-    finalize_deletion(session, learner.id)
+    purge_deleting(session, actor.school_id, [learner.id])
     assert delete_learner(session, actor, learner.id) == SKIP(Reason.ALREADY_DELETED)
     assert deactivate_learner(session, actor, learner.id) == SKIP(Reason.ALREADY_DELETED)
 
@@ -272,16 +273,19 @@ def test_a_deactivated_learner_can_be_deleted(session, actor):
 
 def test_finalize_deletion_only_purges_learners_being_deleted(session, actor):
     learner = make_learner(session, actor.school_id)
-    assert finalize_deletion(session, learner.id).kind == "failed"
+    assert purge_deleting(session, actor.school_id, [learner.id]) == 0
     assert session.scalar(select(Learner.email).where(Learner.id == learner.id)) is not None
 
 
-def test_finalize_deletion_twice_reports_already_deleted(session, actor):
+def test_finalize_deletion_purges_a_learner_once(session, actor):
     learner = make_learner(session, actor.school_id)
     delete_learner(session, actor, learner.id)
-    assert finalize_deletion(session, learner.id) == APPLIED
-    assert finalize_deletion(session, learner.id) == SKIP(Reason.ALREADY_DELETED)
-    assert finalize_deletion(session, 10**12) == SKIP(Reason.NOT_FOUND)
+    assert purge_deleting(session, actor.school_id, [learner.id, 10**12]) == 1
+    assert purge_deleting(session, actor.school_id, [learner.id]) == 0
+    purges = select(func.count()).where(
+        AuditEntry.learner_id == learner.id, AuditEntry.action == "finalize_deletion"
+    )
+    assert session.scalar(purges) == 1
 
 
 # Tenant isolation
@@ -313,6 +317,19 @@ def test_a_learner_of_another_school_is_not_found_and_untouched(
     assert count(session, CourseEnrollment, learner_id=stranger.id) == 0
     assert count(session, Invitation, learner_id=stranger.id) == 0
     assert count(session, LearnerSession, learner_id=stranger.id) == 1
+
+
+def test_a_purge_leaves_a_deleting_learner_of_another_school_alone(session, actor, other_school):
+    stranger = make_learner(session, other_school.school_id)
+    theirs = Actor(school_id=other_school.school_id, admin_id=other_school.admin_id)
+    assert delete_learner(session, theirs, stranger.id) == APPLIED
+    mine = make_learner(session, actor.school_id)
+    assert delete_learner(session, actor, mine.id) == APPLIED
+
+    assert purge_deleting(session, actor.school_id, [mine.id, stranger.id]) == 1
+
+    row = session.execute(select(Learner.status, Learner.email).where(Learner.id == stranger.id))
+    assert row.one() == ("deleting", stranger.email)
 
 
 def test_an_unknown_learner_id_is_not_found(session, actor):

@@ -9,6 +9,7 @@ from producer.access import access
 from producer.tokens import issue_token
 from shared.actions import Actor
 from shared.models import Base, Batch, Course, Invitation, Learner, LearningPathEnrollment
+from shared.outcomes import Outcome, Reason
 from tests.support.actions import (
     add_to_course,
     add_to_group,
@@ -18,7 +19,7 @@ from tests.support.actions import (
     resend_invitation,
 )
 from tests.support.factories import make_group, make_learner
-from workers.erasure import finalize_deletion
+from workers.erasure import purge_deleting
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_after_finalize_deletion_no_table_holds_the_learners_email_or_name(sessi
     assert "api_tokens" in tables_mentioning(session, email, name)
 
     assert delete_learner(session, actor, learner.id).kind == "applied"
-    assert finalize_deletion(session, learner.id).kind == "applied"
+    assert purge_deleting(session, actor.school_id, [learner.id]) == 1
 
     assert tables_mentioning(session, email, name) == {}
     tombstone = session.execute(
@@ -97,6 +98,13 @@ def snapshot(session, learner_id: int) -> dict[str, list[tuple]]:
     return state
 
 
+def finalize(session, actor: Actor, learner_id: int) -> Outcome:
+    """A purge as an outcome: applied, or skipped with nothing left to purge."""
+    if purge_deleting(session, actor.school_id, [learner_id]):
+        return Outcome.applied()
+    return Outcome.skipped(Reason.ALREADY_DELETED)
+
+
 ACTIONS = {
     "resend_invitation": lambda s, a, lid, ctx: resend_invitation(s, a, lid, ctx["batch"]),
     "add_to_group": lambda s, a, lid, ctx: add_to_group(s, a, lid, [ctx["group"]]),
@@ -104,7 +112,7 @@ ACTIONS = {
     "deactivate_learner": lambda s, a, lid, ctx: deactivate_learner(s, a, lid),
     "delete_learner": lambda s, a, lid, ctx: delete_learner(s, a, lid),
     "reactivate_learner": lambda s, a, lid, ctx: reactivate_learner(s, a, lid),
-    "finalize_deletion": lambda s, a, lid, ctx: finalize_deletion(s, lid),
+    "finalize_deletion": lambda s, a, lid, ctx: finalize(s, a, lid),
 }
 PREPARE = {
     "reactivate_learner": deactivate_learner,

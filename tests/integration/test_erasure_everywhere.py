@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pika
+import pytest
 import redis
 from sqlalchemy import func, select, update
 
@@ -67,6 +68,7 @@ def broker_mentions(vhost, needles: list[str]) -> list[str]:
     return found
 
 
+@pytest.mark.usefixtures("deletions_finalized")
 def test_a_purged_learner_is_in_no_table_key_log_line_or_message(stack, session, caplog):
     caplog.set_level(logging.DEBUG)
     seeded = seed_school(session, learners=20, groups=1, courses=1, name="Erasure School")

@@ -10,6 +10,7 @@ import io
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from sqlalchemy import func, select, update
 
 from batchctl.seed import seed_school
@@ -151,6 +152,7 @@ def csv_rows(answer: httpx.Response) -> list[dict]:
     return list(reader)
 
 
+@pytest.mark.usefixtures("deletions_finalized")
 def test_items_as_csv_by_accept_or_format_whole_filtered_and_safe_in_a_spreadsheet(
     stack, session, school
 ):

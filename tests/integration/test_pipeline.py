@@ -127,6 +127,7 @@ def test_deactivate_end_to_end_skips_the_admin_and_keeps_settings(stack, session
     )
 
 
+@pytest.mark.usefixtures("deletions_finalized")
 def test_delete_end_to_end_purges_after_the_grace_period(stack, session, big_school):
     chosen = learner_ids(session, big_school.school_id)[:500]
     with stack.client(big_school.token) as client:
