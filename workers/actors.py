@@ -4,7 +4,7 @@
 Actors stay thin: the work is in `workers.items` (the per-learner hot path),
 `workers.mail` (invitation delivery), `workers.deletion` (`finalize_deletion`,
 a chunk of learners) and `workers.webhooks` (`deliver_webhook`). An item
-actor returns the outcome's label, which `workers.metrics.LearnerMetrics`
+actor returns the outcome's label, which `workers.metrics.WorkerMetrics`
 counts; `finalize_deletion` counts its chunk's learners itself.
 """
 
