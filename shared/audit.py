@@ -105,17 +105,19 @@ def record_finished_items(session: Session, batch_id: int, *, until_done: bool =
     `until_done`, every chunk left (the batch has ended), otherwise one chunk.
     Returns how many rows were written.
 
-    The caller holds the batch row locked, so two copies never overlap. An
+    The batch row is locked, so two copies never overlap. An
     item never goes back to pending, so everything below the first pending
     one is final; the only later move, an applied invitation whose email
     fails, writes its own `failed` row (`workers.mail.fail_applied_item`).
     Items skipped at submit time (ids that are no learner of the school) have
     no `finished_at` and no row, as no learner was touched."""
     connection = session.connection()
+    # Callers hold the row already; locking it here too keeps two copies
+    # from overlapping whoever calls (a second lock by the holder is free).
     batch = connection.execute(
-        select(Batch.school_id, Batch.actor_id, Batch.action, Batch.audited_through).where(
-            Batch.id == batch_id
-        )
+        select(Batch.school_id, Batch.actor_id, Batch.action, Batch.audited_through)
+        .where(Batch.id == batch_id)
+        .with_for_update()
     ).first()
     if batch is None or batch.audited_through is None:
         return 0  # a batch from before migration 0010: its workers wrote its rows
